@@ -1,0 +1,192 @@
+"""Binning of feature and prediction values against a reference.
+
+Every column has a fixed list of bins, so one metric family carries distribution,
+missing, invalid, out-of-range and unseen counts. The same code bins the training
+data (to make the reference shares) and the live traffic, so both sides agree.
+
+Numeric columns: bins between quantile edges, then ``__below__``, ``__above__``.
+Categorical columns: the reference categories, then ``__unseen__``.
+Both end with ``__missing__`` (absent, None, NaN) and ``__invalid__`` (wrong type, inf).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import sys
+from bisect import bisect_right
+from collections import Counter
+from typing import Any, Sequence
+
+import numpy as np
+
+MISSING = "__missing__"
+INVALID = "__invalid__"
+BELOW = "__below__"
+ABOVE = "__above__"
+UNSEEN = "__unseen__"
+SPECIAL_BINS = (BELOW, ABOVE, UNSEEN, MISSING, INVALID)
+NUMERIC_SPECIAL = (BELOW, ABOVE, MISSING, INVALID)
+CATEGORICAL_SPECIAL = (UNSEEN, MISSING, INVALID)
+
+
+def numeric_bin_labels(edges: Sequence[float]) -> list[str]:
+    """Labels of the in-range bins: ``"03:[1200,1800)"``, the last one closed."""
+    if len(edges) == 1:
+        return [f"00:[{edges[0]:g},{edges[0]:g}]"]
+    last = len(edges) - 2
+    return [
+        f"{i:02d}:[{lo:g},{hi:g}{']' if i == last else ')'}"
+        for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:]))
+    ]
+
+
+def is_missing_object(value: Any) -> bool:
+    """None, or pandas' NA / NaT markers (without importing pandas)."""
+    if value is None:
+        return True
+    pd = sys.modules.get("pandas")
+    return pd is not None and (value is pd.NA or value is pd.NaT)
+
+
+def category_key(value: Any) -> str | None:
+    """The text a categorical value is looked up by: None if missing, INVALID if unusable.
+
+    Strings stand for themselves; integers and integral floats by their digits, so
+    integer-coded categories (3, 3.0, "3") agree; bools as "True"/"False".
+    """
+    if isinstance(value, str):
+        return str(value)
+    if is_missing_object(value):
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        value = float(value)
+        if math.isnan(value):
+            return None
+        if math.isfinite(value) and value.is_integer():
+            return str(int(value))
+    return INVALID
+
+
+class NumericBins:
+    """Bins of a numeric column; counts go to ``counts[offset + slot]``."""
+
+    kind = "numeric"
+
+    def __init__(self, edges: Sequence[float], counts: list, sums: list, offset: int, sum_index: int):
+        self.edges = [float(e) for e in edges]
+        self.labels = numeric_bin_labels(self.edges) + list(NUMERIC_SPECIAL)
+        n = len(self.labels) - 4
+        self.n_in_range = n
+        self.below, self.above, self.missing, self.invalid = (offset + n + i for i in range(4))
+        self.offset, self.sum_index = offset, sum_index
+        self._counts, self._sums = counts, sums
+        self._top = self.edges[-1]
+        self._last = offset + max(len(self.edges) - 2, 0)
+        self._m = len(self.edges)
+        # bisect_right(edges, x) -> slot, for 0 <= result < m
+        self._slot_of = [self.below] + [offset + i for i in range(self._m - 1)]
+        self._table = np.array(
+            [n] + list(range(self._m - 1)) + [n + 1], dtype=np.intp
+        )  # same, relative to offset, with result m -> __above__
+
+    def add(self, value: Any) -> None:
+        """Count one value (hot path: no numpy, no exceptions out)."""
+        t = type(value)
+        if t is float:
+            x = value
+        elif t is int:
+            try:
+                x = float(value)
+            except OverflowError:
+                self._counts[self.invalid] += 1
+                return
+        elif isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+            try:
+                x = float(value)
+            except (OverflowError, ValueError):
+                self._counts[self.invalid] += 1
+                return
+        else:
+            self._counts[self.missing if is_missing_object(value) else self.invalid] += 1
+            return
+        if x != x:
+            self._counts[self.missing] += 1
+            return
+        r = bisect_right(self.edges, x)
+        if r < self._m:
+            if r == 0 and x == -math.inf:
+                self._counts[self.invalid] += 1
+                return
+            self._counts[self._slot_of[r]] += 1
+        elif x == self._top:
+            self._counts[self._last] += 1
+        elif x == math.inf:
+            self._counts[self.invalid] += 1
+            return
+        else:
+            self._counts[self.above] += 1
+        self._sums[self.sum_index] += x
+
+    def count_array(self, column: Any) -> tuple[list[int], float]:
+        """Counts per bin (relative to this column's first slot) and the sum of finite values."""
+        x = np.asarray(column)
+        if x.ndim != 1 or x.dtype.kind not in "fiu":  # object, bool, ...: value by value
+            scratch = NumericBins(self.edges, [0] * len(self.labels), [0.0], 0, 0)
+            for value in x.tolist() if x.ndim == 1 else list(column):
+                scratch.add(value)
+            return scratch._counts, scratch._sums[0]
+        x = x.astype(np.float64, copy=False)
+        slots = self._table[np.searchsorted(self.edges, x, side="right")]
+        slots[x == self._top] = max(self._m - 2, 0)
+        finite = np.isfinite(x)
+        if not finite.all():
+            slots[np.isinf(x)] = self.n_in_range + 3
+            slots[np.isnan(x)] = self.n_in_range + 2
+            x = x[finite]
+        return np.bincount(slots, minlength=len(self.labels)).tolist(), float(x.sum())
+
+
+class CategoricalBins:
+    """Bins of a categorical column: its reference categories, then the special bins."""
+
+    kind = "categorical"
+
+    def __init__(self, categories: Sequence[str], counts: list, offset: int):
+        self.categories = list(categories)
+        self.labels = self.categories + list(CATEGORICAL_SPECIAL)
+        n = len(self.categories)
+        self.unseen, self.missing, self.invalid = offset + n, offset + n + 1, offset + n + 2
+        self._index = {c: offset + i for i, c in enumerate(self.categories)}
+        self._counts, self.offset = counts, offset
+
+    def slot(self, value: Any) -> int:
+        if type(value) is str:
+            return self._index.get(value, self.unseen)
+        key = category_key(value)
+        if key is None:
+            return self.missing
+        if key is INVALID:
+            return self.invalid
+        return self._index.get(key, self.unseen)
+
+    def add(self, value: Any) -> None:
+        self._counts[self.slot(value)] += 1
+
+    def count_array(self, column: Any) -> tuple[list[int], float]:
+        """Counts per bin (relative to this column's first slot); the sum is always 0."""
+        values = column.tolist() if hasattr(column, "tolist") else list(column)
+        counts = [0] * len(self.labels)
+        try:
+            tally = Counter(values).items()
+        except TypeError:  # unhashable values (lists, dicts): one by one
+            tally = ((value, 1) for value in values)
+        for value, n in tally:
+            counts[self.slot(value) - self.offset] += n
+        return counts, 0.0
+
+
+Bins = NumericBins | CategoricalBins

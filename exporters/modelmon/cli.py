@@ -1,0 +1,96 @@
+"""The ``modelmon`` command."""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .reference import DEFAULT_BINS, DEFAULT_TOP_K, Reference
+
+# Cells read as missing: pandas' defaults that matter in practice.
+NA_VALUES = frozenset(("", "NA", "N/A", "NaN", "nan", "null", "NULL", "None", "#N/A"))
+
+
+def read_csv(path: Path) -> dict[str, np.ndarray]:
+    """Columns of a CSV file: float arrays where every cell is a number or missing,
+    object arrays (None for missing) otherwise."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise ValueError(f"{path}: empty file") from None
+        rows = list(reader)
+    if len(set(header)) != len(header):
+        raise ValueError(f"{path}: duplicate column names in the header")
+    for number, row in enumerate(rows, start=2):
+        if len(row) != len(header):
+            raise ValueError(f"{path}:{number}: {len(row)} cells, the header has {len(header)}")
+    columns = {}
+    for i, name in enumerate(header):
+        cells = [None if row[i] in NA_VALUES else row[i] for row in rows]
+        try:
+            columns[name] = np.array([np.nan if c is None else float(c) for c in cells], dtype=np.float64)
+        except ValueError:
+            columns[name] = np.array(cells, dtype=object)
+    return columns
+
+
+def _names(text: str | None) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()] if text else []
+
+
+def profile(args: argparse.Namespace) -> int:
+    data = read_csv(Path(args.data))
+    ref = Reference.from_data(
+        data,
+        model=args.model,
+        version=args.version,
+        prediction=_names(args.prediction),
+        categorical=_names(args.categorical),
+        exclude=_names(args.exclude),
+        trained_at=args.trained_at,
+        bins=args.bins,
+        top_k=args.top_k,
+    )
+    ref.save(args.output)
+    print(
+        f"wrote {args.output}: {len(ref.features)} features, {len(ref.outputs)} outputs, "
+        f"{ref.rows} rows, hash {ref.hash}"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modelmon", description="Monitoring for models in production.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("profile", help="profile training data into a reference YAML")
+    p.add_argument("data", help="training data, CSV with a header row")
+    p.add_argument("--model", required=True)
+    p.add_argument("--version", required=True)
+    p.add_argument("--prediction", help="output column(s), comma-separated")
+    p.add_argument("--categorical", help="columns to treat as categorical, comma-separated")
+    p.add_argument("--exclude", help="columns that are neither features nor outputs (ids), comma-separated")
+    p.add_argument("--trained-at", help="ISO 8601 training time (default: now)")
+    p.add_argument("--bins", type=int, default=DEFAULT_BINS, help="quantile bins per numeric column")
+    p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="categories kept per categorical column")
+    p.add_argument("-o", "--output", required=True, help="reference YAML to write")
+    p.set_defaults(run=profile)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (OSError, ValueError) as exc:
+        print(f"modelmon {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

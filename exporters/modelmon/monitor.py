@@ -1,0 +1,322 @@
+"""ModelMonitor: what a model service calls on every prediction.
+
+The hot path only bins values into plain per-process lists under one lock; ``flush``
+folds the increments into the prometheus-client metrics in bulk (on every scrape,
+and on a short timer in multiprocess mode). Nothing here raises into the caller:
+bad input lands in a bin or in ``modelmon_internal_errors_total``.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import logging
+import os
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+from prometheus_client import CollectorRegistry
+
+from . import multiprocess
+from .bins import Bins, CategoricalBins, NumericBins
+from .metrics import ALERT_THRESHOLDS, metrics_for
+from .reference import ColumnProfile, Reference
+
+log = logging.getLogger("modelmon")
+
+DEFAULT_DEPENDENCIES = (
+    "modelmon", "numpy", "pandas", "scipy", "scikit-learn", "xgboost", "lightgbm", "torch", "tensorflow",
+)
+MAX_ERROR_LABELS = 20
+
+
+class ModelMonitor:
+    """Monitors one model version: inputs and outputs against its reference profile."""
+
+    def __init__(
+        self,
+        model: str,
+        version: str,
+        reference: str | os.PathLike | Reference,
+        *,
+        registry: CollectorRegistry | None = None,
+        dependencies: Iterable[str] = DEFAULT_DEPENDENCIES,
+        thresholds: Mapping[str, float] | None = None,
+    ):
+        ref = reference if isinstance(reference, Reference) else Reference.load(Path(reference))
+        unknown = set(thresholds or {}) - set(ALERT_THRESHOLDS)
+        if unknown:
+            raise ValueError(f"thresholds for unknown alerts {sorted(unknown)}; known: {sorted(ALERT_THRESHOLDS)}")
+        self.model, self.version, self.reference = str(model), str(version), ref
+        self._metrics = metrics_for(registry)
+        self._errors = self._metrics.errors
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._counts: list[int] = []
+        self._sums: list[float] = []
+        self._rows = 0
+        self._features = self._binners(ref.features)
+        self._outputs = self._binners(ref.outputs)
+        self._feature_adds = [(name, b.add) for name, b in self._features.items()]
+        self._known = frozenset(self._features)
+        self._children()
+        self._flushed = (list(self._counts), list(self._sums), 0)
+        self._error_labels: set[str] = set()
+        self._metrics.add_monitor(self)
+        self._export_constants(dependencies, thresholds or {})
+        multiprocess.start_flusher()
+
+    # -- set-up -----------------------------------------------------------------
+
+    def _binners(self, profiles: Mapping[str, ColumnProfile]) -> dict[str, Bins]:
+        binners: dict[str, Bins] = {}
+        for name, profile in profiles.items():
+            offset = len(self._counts)
+            if profile.kind == "numeric":
+                binners[name] = NumericBins(profile.edges, self._counts, self._sums, offset, len(self._sums))
+                self._sums.append(0.0)
+            else:
+                binners[name] = CategoricalBins(profile.categories, self._counts, offset)
+            self._counts.extend([0] * len(binners[name].labels))
+        return binners
+
+    def _children(self) -> None:
+        """Pre-create every series, so each bin exists (at 0) from the first scrape."""
+        m, labels = self._metrics, (self.model, self.version)
+        self._bin_children = []
+        self._value_children = []  # (summary child, first slot, end of finite slots)
+        for binners, bins_metric, value_metric in (
+            (self._features, m["feature_bin"], m["feature_value"]),
+            (self._outputs, m["prediction_bin"], m["prediction_value"]),
+        ):
+            for name, binner in binners.items():
+                self._bin_children += [bins_metric.labels(*labels, name, b) for b in binner.labels]
+                if isinstance(binner, NumericBins):
+                    finite_end = binner.missing  # in-range bins, then below and above
+                    self._value_children.append((value_metric.labels(*labels, name), binner.offset, finite_end))
+        self._rows_child = m["predictions"].labels(*labels)
+        self._duration_child = m["prediction_duration_seconds"].labels(*labels)
+
+    def _export_constants(self, dependencies: Iterable[str], thresholds: Mapping[str, float]) -> None:
+        m, labels, ref = self._metrics, (self.model, self.version), self.reference
+        m["model_info"].labels(*labels, ref.hash).set(1)
+        m["model_trained_timestamp_seconds"].labels(*labels).set(ref.trained_at.timestamp())
+        m["model_loaded_timestamp_seconds"].labels(*labels).set(time.time())
+        for profiles, ratio, mean, stddev in (
+            (ref.features, m["reference_bin_ratio"], m["reference_mean"], m["reference_stddev"]),
+            (ref.outputs, m["reference_prediction_bin_ratio"], m["reference_prediction_mean"],
+             m["reference_prediction_stddev"]),
+        ):
+            for name, profile in profiles.items():
+                for label, share in profile.shares.items():
+                    ratio.labels(*labels, name, label).set(share)
+                if profile.mean is not None:
+                    mean.labels(*labels, name).set(profile.mean)
+                    stddev.labels(*labels, name).set(profile.stddev or 0.0)
+        for alert, value in thresholds.items():
+            m["alert_threshold"].labels(*labels, alert).set(float(value))
+        for package in dependencies:
+            try:
+                m["dependency_info"].labels(package, importlib.metadata.version(package)).set(1)
+            except importlib.metadata.PackageNotFoundError:
+                if package not in DEFAULT_DEPENDENCIES:
+                    log.warning("modelmon: dependency %r is not installed; not exported", package)
+
+    # -- hot path ---------------------------------------------------------------
+
+    def observe(self, features: Mapping[str, Any], prediction: Any, *, prediction_id: str | None = None,
+                duration: float | None = None) -> None:
+        """Record one scored row: its input features and its prediction.
+
+        ``prediction`` is a number or class label, or a mapping of output name to value
+        for models with several outputs. ``duration`` (seconds) feeds the latency
+        histogram when the caller timed predict itself.
+        """
+        try:
+            with self._lock:
+                self._rows += 1
+                self._observe_features(features)
+                if self._outputs:
+                    self._observe_prediction(prediction)
+            if duration is not None:
+                self._duration_child.observe(duration)
+        except Exception as exc:
+            self._errors.count("observe", exc)
+
+    def _observe_features(self, features: Mapping[str, Any]) -> None:
+        try:
+            get = features.get
+            unknown = not (features.keys() <= self._known)
+        except (AttributeError, TypeError):
+            self._errors.count("input", f"features must be a mapping, got {type(features).__name__}")
+            return
+        for name, add in self._feature_adds:
+            add(get(name))
+        if unknown:
+            extra = sorted(map(str, features.keys() - self._known))[:5]
+            self._errors.count("input", f"features not in the reference of {self.model} (ignored): {extra}")
+
+    def _observe_prediction(self, prediction: Any) -> None:
+        if isinstance(prediction, Mapping):
+            for name, binner in self._outputs.items():
+                binner.add(prediction.get(name))
+            if not prediction.keys() <= self._outputs.keys():
+                self._errors.count("input", f"prediction has outputs not in the reference: {list(prediction)[:5]}")
+        elif len(self._outputs) == 1:
+            next(iter(self._outputs.values())).add(prediction)
+        else:
+            self._errors.count("input", f"prediction must map each of {list(self._outputs)} to a value")
+
+    def observe_batch(self, features: Any, predictions: Any, *, duration: float | None = None) -> None:
+        """Record a batch: a DataFrame or mapping of column to array, and its predictions.
+
+        ``predictions`` is an array (one output) or a mapping of output name to array.
+        Columns are binned with numpy; a column of the wrong length is skipped and
+        counted as an input error.
+        """
+        try:
+            n = self._batch_rows(features, predictions)
+            if n is None:
+                return
+            pending = list(self._batch_counts(self._features, features, n))
+            if self._outputs:
+                pending += self._batch_counts(self._outputs, self._prediction_columns(predictions), n)
+            with self._lock:
+                self._rows += n
+                counts, sums = self._counts, self._sums
+                for binner, rel_counts, total in pending:
+                    for i, k in enumerate(rel_counts, binner.offset):
+                        if k:
+                            counts[i] += k
+                    if total:
+                        sums[binner.sum_index] += total
+            if duration is not None:
+                self._duration_child.observe(duration)
+        except Exception as exc:
+            self._errors.count("observe", exc)
+
+    def _batch_rows(self, features: Any, predictions: Any) -> int | None:
+        if not (isinstance(features, Mapping) or hasattr(features, "columns")):
+            self._errors.count("input", f"batch features must be a DataFrame or mapping, got {type(features).__name__}")
+            return None
+        columns = self._prediction_columns(predictions)
+        try:
+            lengths = {len(col) for col in columns.values() if col is not None}
+        except TypeError:
+            lengths = set()
+        if len(lengths) != 1:
+            self._errors.count("input", "batch predictions must be an array, or a mapping of output to array")
+            return None
+        return lengths.pop()
+
+    def _prediction_columns(self, predictions: Any) -> Mapping[str, Any]:
+        if isinstance(predictions, Mapping):
+            return predictions
+        if len(self._outputs) == 1:
+            return {next(iter(self._outputs)): predictions}
+        return {"": predictions}
+
+    def _batch_counts(self, binners: Mapping[str, Bins], columns: Any, n: int):
+        for name, binner in binners.items():
+            column = columns[name] if name in columns else None
+            if column is None:
+                missing = [0] * len(binner.labels)
+                missing[binner.missing - binner.offset] = n
+                yield binner, missing, 0.0
+                continue
+            if len(column) != n:
+                self._errors.count("input", f"column {name!r} has {len(column)} rows, the batch {n}")
+                continue
+            yield (binner, *binner.count_array(column))
+
+    # -- timing and errors ------------------------------------------------------
+
+    @contextmanager
+    def track(self) -> Iterator["ModelMonitor"]:
+        """Time the block as one predict call; count it as an error if it raises.
+
+        Inside, call ``observe``/``observe_batch`` on the yielded monitor as usual.
+        """
+        start = time.perf_counter()
+        try:
+            yield self
+        except Exception as exc:
+            self._count_prediction_error(exc)
+            raise
+        finally:
+            self._observe_duration(time.perf_counter() - start)
+
+    def instrument(self, fn: Callable | None = None, *, batch: bool = False) -> Callable:
+        """Decorate ``predict(features, ...)``: time it, count errors, record inputs and outputs.
+
+        With ``batch=True`` the first argument is a DataFrame or mapping of columns and
+        the result an array (or mapping of arrays), recorded with ``observe_batch``.
+        """
+        if fn is None:
+            return functools.partial(self.instrument, batch=batch)
+        record = self.observe_batch if batch else self.observe
+
+        @functools.wraps(fn)
+        def wrapper(features, *args, **kwargs):
+            with self.track():
+                result = fn(features, *args, **kwargs)
+            record(features, result)
+            return result
+
+        return wrapper
+
+    def _observe_duration(self, seconds: float) -> None:
+        try:
+            self._duration_child.observe(seconds)
+        except Exception as exc:
+            self._errors.count("observe", exc)
+
+    def _count_prediction_error(self, exc: BaseException) -> None:
+        try:
+            label = type(exc).__name__
+            if label not in self._error_labels:
+                if len(self._error_labels) >= MAX_ERROR_LABELS:
+                    label = "other"
+                else:
+                    self._error_labels.add(label)
+            self._metrics["prediction_errors"].labels(self.model, self.version, label).inc()
+        except Exception as err:
+            self._errors.count("observe", err)
+
+    # -- folding into prometheus-client ----------------------------------------
+
+    def flush(self) -> None:
+        """Add the increments since the last flush to the prometheus-client metrics."""
+        try:
+            with self._flush_lock:
+                with self._lock:
+                    state = (self._counts[:], self._sums[:], self._rows)
+                counts, sums, rows = state
+                old_counts, old_sums, old_rows = self._flushed
+                for child, new, old in zip(self._bin_children, counts, old_counts):
+                    if new != old:
+                        child.inc(new - old)
+                for j, (child, start, end) in enumerate(self._value_children):
+                    n = sum(counts[start:end]) - sum(old_counts[start:end])
+                    if n:
+                        # prometheus-client has no public "add n observations" call
+                        child._count.inc(n)
+                        child._sum.inc(sums[j] - old_sums[j])
+                if rows != old_rows:
+                    self._rows_child.inc(rows - old_rows)
+                self._flushed = state
+        except Exception as exc:
+            self._errors.count("flush", exc)
+
+    def close(self) -> None:
+        """Flush and stop feeding the registry (the series stay until the process ends)."""
+        self.flush()
+        self._metrics.remove_monitor(self)
+
+    def after_fork(self) -> None:
+        """In a forked child: fresh locks, and the parent's pending counts are the parent's."""
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._flushed = (self._counts[:], self._sums[:], self._rows)
