@@ -87,6 +87,16 @@ CONTRACT: tuple[MetricSpec, ...] = (
     MetricSpec(
         "modelmon_alert_threshold", "gauge", MODEL + ("alert",), "Per-model alert threshold overriding the default."
     ),
+    MetricSpec("modelmon_outcomes", "counter", MODEL, "Delayed labels joined to their prediction."),
+    MetricSpec("modelmon_outcomes_correct", "counter", MODEL, "Joined labels equal to the predicted class."),
+    MetricSpec("modelmon_outcome_absolute_error", "summary", MODEL, "Absolute error of joined numeric labels."),
+    MetricSpec("modelmon_outcome_squared_error", "summary", MODEL, "Squared error of joined numeric labels."),
+    MetricSpec(
+        "modelmon_outcomes_unmatched", "counter", MODEL + ("reason",), "Labels not joined (unknown_id, expired)."
+    ),
+    MetricSpec(
+        "modelmon_reference_score", "gauge", MODEL + ("metric",), "Held-out score of the model (accuracy, mae)."
+    ),
     MetricSpec("modelmon_internal_errors", "counter", ("stage",), "Monitoring failures, swallowed and counted."),
 )
 
@@ -106,7 +116,7 @@ ALERT_THRESHOLDS: dict[str, float] = {
 }
 
 # Stages of modelmon_internal_errors_total: a closed set, so the label stays bounded.
-STAGES = ("input", "observe", "flush", "http")
+STAGES = ("input", "observe", "flush", "http", "outcome")
 
 
 def _build(spec: MetricSpec):
