@@ -15,6 +15,7 @@ import numbers
 import sys
 from bisect import bisect_right
 from collections import Counter
+from decimal import Decimal
 from typing import Any, Sequence
 
 import numpy as np
@@ -104,7 +105,7 @@ class NumericBins:
             except OverflowError:
                 self._counts[self.invalid] += 1
                 return
-        elif isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+        elif isinstance(value, (numbers.Real, Decimal)) and not isinstance(value, (bool, np.bool_)):
             try:
                 x = float(value)
             except (OverflowError, ValueError):

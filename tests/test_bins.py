@@ -1,0 +1,150 @@
+"""Each bin rule of DESIGN.md section 3, for single values and for arrays."""
+from __future__ import annotations
+
+import decimal
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from modelmon.bins import CategoricalBins, NumericBins, numeric_bin_labels
+
+EDGES = [0.0, 10.0, 20.0, 30.0]
+
+
+def numeric() -> NumericBins:
+    return NumericBins(EDGES, [0] * 7, [0.0], 0, 0)
+
+
+def categorical() -> CategoricalBins:
+    return CategoricalBins(["a", "b", "7"], [0] * 6, 0)
+
+
+def bin_of(binner, value) -> str:
+    before = list(binner._counts)
+    binner.add(value)
+    changed = [i for i, (x, y) in enumerate(zip(before, binner._counts)) if x != y]
+    assert len(changed) == 1, f"{value!r} counted in {len(changed)} bins"
+    return binner.labels[changed[0] - binner.offset]
+
+
+def test_numeric_labels_are_sorted_intervals_with_a_closed_top():
+    assert numeric_bin_labels(EDGES) == ["00:[0,10)", "01:[10,20)", "02:[20,30]"]
+    assert numeric_bin_labels([5.0]) == ["00:[5,5]"]
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (0, "00:[0,10)"),
+        (9.99, "00:[0,10)"),
+        (10, "01:[10,20)"),
+        (30.0, "02:[20,30]"),  # the training maximum is in range
+        (-0.1, "__below__"),
+        (30.5, "__above__"),
+        (np.float32(15), "01:[10,20)"),
+        (np.int64(25), "02:[20,30]"),
+        (decimal.Decimal("5"), "00:[0,10)"),
+        (None, "__missing__"),
+        (math.nan, "__missing__"),
+        (np.nan, "__missing__"),
+        (pd.NA, "__missing__"),
+        (math.inf, "__invalid__"),
+        (-math.inf, "__invalid__"),
+        ("12", "__invalid__"),
+        (True, "__invalid__"),
+        (np.bool_(True), "__invalid__"),
+        (10**400, "__invalid__"),
+        ([1, 2], "__invalid__"),
+        ({"x": 1}, "__invalid__"),
+        (object(), "__invalid__"),
+    ],
+)
+def test_numeric_value_lands_in_its_bin(value, expected):
+    assert bin_of(numeric(), value) == expected
+
+
+def test_numeric_sum_counts_finite_values_only():
+    binner = numeric()
+    for v in (5, 35.0, -1, None, math.inf, "x"):
+        binner.add(v)
+    assert binner._sums[0] == 39.0
+
+
+def test_constant_feature_has_one_closed_bin():
+    binner = NumericBins([3.0], [0] * 5, [0.0], 0, 0)
+    assert [bin_of(binner, v) for v in (3, 2, 4)] == ["00:[3,3]", "__below__", "__above__"]
+    counts, total = binner.count_array(np.array([3.0, 2.0, 4.0]))
+    assert counts == [1, 1, 1, 0, 0] and total == 9.0
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("a", "a"),
+        ("z", "__unseen__"),
+        ("x" * 1_000_000, "__unseen__"),
+        (np.str_("b"), "b"),
+        (7, "7"),  # integer-coded categories match by their digits
+        (7.0, "7"),
+        (np.int32(7), "7"),
+        (3, "__unseen__"),
+        (7.5, "__invalid__"),
+        (math.inf, "__invalid__"),
+        (None, "__missing__"),
+        (math.nan, "__missing__"),
+        (pd.NA, "__missing__"),
+        ({"a": 1}, "__invalid__"),
+        (["a"], "__invalid__"),
+        (b"a", "__invalid__"),
+    ],
+)
+def test_categorical_value_lands_in_its_bin(value, expected):
+    assert bin_of(categorical(), value) == expected
+
+
+def test_special_names_are_not_categories_even_if_sent():
+    assert bin_of(categorical(), "__missing__") == "__unseen__"
+
+
+MIXED = [1.0, 10.0, 30.0, -5.0, 99.0, np.nan, np.inf, -np.inf, 0.0, 20.0, 29.9]
+
+
+@pytest.mark.parametrize(
+    "column",
+    [
+        np.array(MIXED),
+        np.array([1, 2, 40, -3], dtype=np.int64),
+        np.array([1.5, None, "x", 12, math.nan, True], dtype=object),
+        pd.Series(MIXED),
+        pd.Series([1, None, 25], dtype="Int64"),
+        [3.0, None, "7"],
+    ],
+)
+def test_numeric_array_counts_equal_value_by_value(column):
+    one_by_one = numeric()
+    for v in list(column):
+        one_by_one.add(v)
+    counts, total = numeric().count_array(column)
+    assert counts == one_by_one._counts
+    assert total == pytest.approx(one_by_one._sums[0])
+
+
+@pytest.mark.parametrize(
+    "column",
+    [
+        np.array(["a", "b", "z", "a"]),
+        np.array(["a", None, math.nan, 7, 7.0, 2.5, "q"], dtype=object),
+        pd.Series(["a", None, "b"], dtype="string"),
+        pd.Series(["a", "b", "a"], dtype="category"),
+        [{"x": 1}, "a", ["b"]],
+    ],
+)
+def test_categorical_array_counts_equal_value_by_value(column):
+    one_by_one = categorical()
+    for v in list(column):
+        one_by_one.add(v)
+    counts, _ = categorical().count_array(column)
+    assert counts == one_by_one._counts
+    assert sum(counts) == len(column)
