@@ -33,7 +33,6 @@ class PrometheusMiddleware:
             return
         start = time.perf_counter()
         status = ["500"]
-        handler = UNMATCHED
 
         async def capture(message: dict) -> None:
             if message["type"] == "http.response.start":
@@ -43,13 +42,14 @@ class PrometheusMiddleware:
         self.http.started()
         try:
             if scope["path"] == self.metrics_path:
-                handler = self.metrics_path
                 await self._serve_metrics(scope, capture)
             else:
                 await self.app(scope, receive, capture)
-                route = scope.get("route")
-                handler = getattr(route, "path", None) or UNMATCHED
         finally:
+            if scope["path"] == self.metrics_path:
+                handler = self.metrics_path
+            else:
+                handler = getattr(scope.get("route"), "path", None) or UNMATCHED
             self.http.finished(handler, scope.get("method", ""), status[0], time.perf_counter() - start)
 
     async def _serve_metrics(self, scope: Scope, send: Callable) -> None:

@@ -62,7 +62,7 @@ class ModelMonitor:
         self._feature_adds = [(name, b.add) for name, b in self._features.items()]
         self._known = frozenset(self._features)
         self._children()
-        self._flushed = (list(self._counts), list(self._sums), 0)
+        self._mark_flushed()
         self._error_labels: set[str] = set()
         self._metrics.add_monitor(self)
         self._export_constants(dependencies, thresholds or {})
@@ -288,25 +288,31 @@ class ModelMonitor:
     # -- folding into prometheus-client ----------------------------------------
 
     def flush(self) -> None:
-        """Add the increments since the last flush to the prometheus-client metrics."""
+        """Add the increments since the last flush to the prometheus-client metrics.
+
+        What was added is remembered series by series, so a flush that fails half-way
+        (a full disk in multiprocess mode) neither loses nor repeats anything.
+        """
         try:
             with self._flush_lock:
                 with self._lock:
-                    state = (self._counts[:], self._sums[:], self._rows)
-                counts, sums, rows = state
-                old_counts, old_sums, old_rows = self._flushed
-                for child, new, old in zip(self._bin_children, counts, old_counts):
-                    if new != old:
-                        child.inc(new - old)
+                    counts, sums, rows = self._counts[:], self._sums[:], self._rows
+                done = self._done_counts
                 for j, (child, start, end) in enumerate(self._value_children):
-                    n = sum(counts[start:end]) - sum(old_counts[start:end])
-                    if n:
+                    n, total = sum(counts[start:end]), sums[j]
+                    done_n, done_total = self._done_values[j]
+                    if n != done_n:
                         # prometheus-client has no public "add n observations" call
-                        child._count.inc(n)
-                        child._sum.inc(sums[j] - old_sums[j])
-                if rows != old_rows:
-                    self._rows_child.inc(rows - old_rows)
-                self._flushed = state
+                        child._count.inc(n - done_n)
+                        child._sum.inc(total - done_total)
+                        self._done_values[j] = (n, total)
+                for i, (child, new) in enumerate(zip(self._bin_children, counts)):
+                    if new != done[i]:
+                        child.inc(new - done[i])
+                        done[i] = new
+                if rows != self._done_rows:
+                    self._rows_child.inc(rows - self._done_rows)
+                    self._done_rows = rows
         except Exception as exc:
             self._errors.count("flush", exc)
 
@@ -319,4 +325,11 @@ class ModelMonitor:
         """In a forked child: fresh locks, and the parent's pending counts are the parent's."""
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
-        self._flushed = (self._counts[:], self._sums[:], self._rows)
+        self._mark_flushed()
+
+    def _mark_flushed(self) -> None:
+        self._done_counts = self._counts[:]
+        self._done_values = [
+            (sum(self._counts[start:end]), self._sums[j]) for j, (_, start, end) in enumerate(self._value_children)
+        ]
+        self._done_rows = self._rows

@@ -1,0 +1,104 @@
+"""A real gunicorn with 3 workers in prometheus-client multiprocess mode."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+FIXTURES = Path(__file__).parent / "fixtures"
+REQUESTS = 300
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def gunicorn(tmp_path, reference):
+    reference_path = tmp_path / "reference.yaml"
+    reference.save(reference_path)
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    (metrics_dir / "counter_999999.db").write_bytes(b"stale")  # a previous run's file, removed by on_starting
+    config = tmp_path / "gunicorn.conf.py"
+    config.write_text("from modelmon.gunicorn import child_exit, on_starting  # noqa: F401\n")
+    port = free_port()
+    env = {
+        **os.environ,
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        "MODELMON_FLUSH_INTERVAL": "0.2",
+        "MODELMON_REFERENCE": str(reference_path),
+        "PYTHONPATH": str(FIXTURES),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", str(config), "-w", "3", "-b", f"127.0.0.1:{port}",
+         "gunicorn_app:app"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            requests.get(url + "/metrics", timeout=1)
+            break
+        except requests.ConnectionError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("gunicorn did not start:\n" + proc.stdout.read().decode())
+            time.sleep(0.2)
+    yield url, metrics_dir
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def scrape(url: str) -> dict:
+    text = requests.get(url + "/metrics", timeout=5).text
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def test_scraped_counters_are_the_sum_over_workers(gunicorn):
+    url, metrics_dir = gunicorn
+    assert not (metrics_dir / "counter_999999.db").exists()
+    pids = set()
+    for i in range(REQUESTS):
+        # a new connection per request, so the kernel spreads them over the workers
+        response = requests.post(url + "/predict", json={"area": 80.0 + i % 50, "rooms": 3.0, "city": "lyon"},
+                                 headers={"Connection": "close"}, timeout=5)
+        assert response.status_code == 200
+        pids.add(response.json()["pid"])
+    assert len(pids) >= 2, "all requests went to one worker; the test proves nothing"
+    time.sleep(1.0)  # > MODELMON_FLUSH_INTERVAL: every worker has folded its counts
+    samples = scrape(url)
+    m = frozenset({"model": "house", "version": "1.0"}.items())
+
+    def total(name, **labels):
+        want = set(labels.items())
+        return sum(v for (n, lbl), v in samples.items() if n == name and want <= lbl)
+
+    assert samples[("modelmon_predictions_total", m)] == REQUESTS
+    assert total("modelmon_feature_bin_total", feature="city", bin="lyon") == REQUESTS
+    assert total("modelmon_feature_bin_total", feature="area") == REQUESTS
+    assert total("modelmon_feature_value_count", feature="area") == REQUESTS
+    assert total("modelmon_prediction_value_sum") == sum(3.0 * (80.0 + i % 50) for i in range(REQUESTS))
+    assert total("modelmon_http_requests_total", handler="/predict", method="POST", status="200") == REQUESTS
+
+    ratios = [lbl for (n, lbl) in samples if n == "modelmon_reference_bin_ratio" and ("feature", "city") in lbl]
+    assert len(ratios) == 6 and all("pid" not in dict(lbl) for lbl in ratios)  # once, not once per worker
+    info = [lbl for (n, lbl) in samples if n == "modelmon_model_info"]
+    assert len(info) == 1
+
+    memory = {dict(lbl)["pid"] for (n, lbl) in samples if n == "process_resident_memory_bytes"}
+    assert len(memory) == 3, memory
+    assert {str(p) for p in pids} <= memory
+    assert all(samples[("process_resident_memory_bytes", frozenset({"pid": p}.items()))] > 10e6 for p in memory)
