@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from test_gunicorn import free_port
+from conftest import free_port
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,14 +12,10 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from conftest import free_port
+
 FIXTURES = Path(__file__).parent / "fixtures"
 REQUESTS = 300
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
