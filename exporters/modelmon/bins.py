@@ -16,7 +16,7 @@ import sys
 from bisect import bisect_right
 from collections import Counter
 from decimal import Decimal
-from typing import Any, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -94,8 +94,8 @@ class NumericBins:
             [n] + list(range(self._m - 1)) + [n + 1], dtype=np.intp
         )  # same, relative to offset, with result m -> __above__
 
-    def add(self, value: Any) -> None:
-        """Count one value (hot path: no numpy, no exceptions out)."""
+    def add(self, value: Any) -> int:
+        """Count one value and return its slot (hot path: no numpy, no exceptions out)."""
         t = type(value)
         if t is float:
             x = value
@@ -104,33 +104,36 @@ class NumericBins:
                 x = float(value)
             except OverflowError:
                 self._counts[self.invalid] += 1
-                return
+                return self.invalid
         elif isinstance(value, (numbers.Real, Decimal)) and not isinstance(value, (bool, np.bool_)):
             try:
                 x = float(value)
             except (OverflowError, ValueError):
                 self._counts[self.invalid] += 1
-                return
+                return self.invalid
         else:
-            self._counts[self.missing if is_missing_object(value) else self.invalid] += 1
-            return
+            slot = self.missing if is_missing_object(value) else self.invalid
+            self._counts[slot] += 1
+            return slot
         if x != x:
             self._counts[self.missing] += 1
-            return
+            return self.missing
         r = bisect_right(self.edges, x)
         if r < self._m:
             if r == 0 and x == -math.inf:
                 self._counts[self.invalid] += 1
-                return
-            self._counts[self._slot_of[r]] += 1
+                return self.invalid
+            slot = self._slot_of[r]
         elif x == self._top:
-            self._counts[self._last] += 1
+            slot = self._last
         elif x == math.inf:
             self._counts[self.invalid] += 1
-            return
+            return self.invalid
         else:
-            self._counts[self.above] += 1
+            slot = self.above
+        self._counts[slot] += 1
         self._sums[self.sum_index] += x
+        return slot
 
     def count_array(self, column: Any) -> tuple[list[int], float]:
         """Counts per bin (relative to this column's first slot) and the sum of finite values."""
@@ -174,8 +177,10 @@ class CategoricalBins:
             return self.invalid
         return self._index.get(key, self.unseen)
 
-    def add(self, value: Any) -> None:
-        self._counts[self.slot(value)] += 1
+    def add(self, value: Any) -> int:
+        slot = self.slot(value)
+        self._counts[slot] += 1
+        return slot
 
     def count_array(self, column: Any) -> tuple[list[int], float]:
         """Counts per bin (relative to this column's first slot); the sum is always 0."""
@@ -191,3 +196,34 @@ class CategoricalBins:
 
 
 Bins = NumericBins | CategoricalBins
+
+
+FLAGS = ("missing", "invalid", "unseen", "out_of_range")
+_FLAG_OF_BIN = {MISSING: "missing", INVALID: "invalid", UNSEEN: "unseen", BELOW: "out_of_range",
+                ABOVE: "out_of_range"}
+
+
+class RowFlags:
+    """Reads a row's data-quality flags off the slots its values were counted in."""
+
+    def __init__(self, features: Mapping[str, Bins], outputs: Mapping[str, Bins]):
+        self._flag_of = {
+            b.offset + i: _FLAG_OF_BIN[label]
+            for b in features.values()
+            for i, label in enumerate(b.labels)
+            if label in _FLAG_OF_BIN
+        }
+        self._nonfinite = {slot for b in outputs.values() for slot in (b.missing, b.invalid)}
+
+    def features(self, names: Iterable[str], slots: Iterable[int]) -> dict[str, list[str]]:
+        """Feature names per flag (missing, invalid, unseen, out_of_range)."""
+        flags: dict[str, list[str]] = {flag: [] for flag in FLAGS}
+        for name, slot in zip(names, slots):
+            flag = self._flag_of.get(slot)
+            if flag is not None:
+                flags[flag].append(name)
+        return flags
+
+    def nonfinite(self, output_slots: Iterable[int]) -> bool:
+        """Whether any output was missing, NaN, inf or of the wrong type."""
+        return any(slot in self._nonfinite for slot in output_slots)

@@ -116,7 +116,7 @@ ALERT_THRESHOLDS: dict[str, float] = {
 }
 
 # Stages of modelmon_internal_errors_total: a closed set, so the label stays bounded.
-STAGES = ("input", "observe", "flush", "http", "outcome")
+STAGES = ("input", "observe", "flush", "http", "log", "outcome")
 
 
 def _build(spec: MetricSpec):

@@ -20,7 +20,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 from prometheus_client import CollectorRegistry
 
 from . import multiprocess
-from .bins import Bins, CategoricalBins, NumericBins
+from .bins import Bins, CategoricalBins, NumericBins, RowFlags
+from .events import EventLog
 from .metrics import ALERT_THRESHOLDS, metrics_for
 from .reference import ColumnProfile, Reference
 
@@ -44,6 +45,7 @@ class ModelMonitor:
         registry: CollectorRegistry | None = None,
         dependencies: Iterable[str] = DEFAULT_DEPENDENCIES,
         thresholds: Mapping[str, float] | None = None,
+        events: EventLog | None = None,
     ):
         ref = reference if isinstance(reference, Reference) else Reference.load(Path(reference))
         unknown = set(thresholds or {}) - set(ALERT_THRESHOLDS)
@@ -57,10 +59,16 @@ class ModelMonitor:
         self._counts: list[int] = []
         self._sums: list[float] = []
         self._rows = 0
-        self._features = self._binners(ref.features)
-        self._outputs = self._binners(ref.outputs)
+        self._features = self._binners(ref.features, self._counts, self._sums)
+        self._outputs = self._binners(ref.outputs, self._counts, self._sums)
         self._feature_adds = [(name, b.add) for name, b in self._features.items()]
+        self._feature_names = list(self._features)
         self._known = frozenset(self._features)
+        self._events = events
+        self._scratch: tuple[dict[str, Bins], dict[str, Bins]] | None = None
+        if events is not None:
+            events.on_error = lambda exc: self._errors.count("log", exc)
+            self._flags = RowFlags(self._features, self._outputs)
         self._children()
         self._mark_flushed()
         self._error_labels: set[str] = set()
@@ -70,16 +78,18 @@ class ModelMonitor:
 
     # -- set-up -----------------------------------------------------------------
 
-    def _binners(self, profiles: Mapping[str, ColumnProfile]) -> dict[str, Bins]:
+    @staticmethod
+    def _binners(profiles: Mapping[str, ColumnProfile], counts: list, sums: list) -> dict[str, Bins]:
+        """Binners appending their slots to ``counts`` (and ``sums`` for numeric ones)."""
         binners: dict[str, Bins] = {}
         for name, profile in profiles.items():
-            offset = len(self._counts)
+            offset = len(counts)
             if profile.kind == "numeric":
-                binners[name] = NumericBins(profile.edges, self._counts, self._sums, offset, len(self._sums))
-                self._sums.append(0.0)
+                binners[name] = NumericBins(profile.edges, counts, sums, offset, len(sums))
+                sums.append(0.0)
             else:
-                binners[name] = CategoricalBins(profile.categories, self._counts, offset)
-            self._counts.extend([0] * len(binners[name].labels))
+                binners[name] = CategoricalBins(profile.categories, counts, offset)
+            counts.extend([0] * len(binners[name].labels))
         return binners
 
     def _children(self) -> None:
@@ -127,47 +137,71 @@ class ModelMonitor:
     # -- hot path ---------------------------------------------------------------
 
     def observe(self, features: Mapping[str, Any], prediction: Any, *, prediction_id: str | None = None,
-                duration: float | None = None) -> None:
+                trace_id: str | None = None, duration: float | None = None) -> None:
         """Record one scored row: its input features and its prediction.
 
         ``prediction`` is a number or class label, or a mapping of output name to value
         for models with several outputs. ``duration`` (seconds) feeds the latency
-        histogram when the caller timed predict itself.
+        histogram when the caller timed predict itself. ``prediction_id`` and
+        ``trace_id`` identify the row's event (and later its delayed label).
         """
         try:
             with self._lock:
                 self._rows += 1
-                self._observe_features(features)
-                if self._outputs:
-                    self._observe_prediction(prediction)
+                slots = self._observe_features(features)
+                out_slots = self._observe_prediction(prediction) if self._outputs else []
             if duration is not None:
                 self._duration_child.observe(duration)
         except Exception as exc:
             self._errors.count("observe", exc)
+            return
+        if self._events is not None:
+            self._log_row(features, prediction, slots, out_slots, prediction_id, trace_id, duration)
 
-    def _observe_features(self, features: Mapping[str, Any]) -> None:
+    def _observe_features(self, features: Mapping[str, Any]) -> list[int]:
         try:
             get = features.get
             unknown = not (features.keys() <= self._known)
         except (AttributeError, TypeError):
             self._errors.count("input", f"features must be a mapping, got {type(features).__name__}")
-            return
-        for name, add in self._feature_adds:
-            add(get(name))
+            return []
+        slots = [add(get(name)) for name, add in self._feature_adds]
         if unknown:
             extra = sorted(map(str, features.keys() - self._known))[:5]
             self._errors.count("input", f"features not in the reference of {self.model} (ignored): {extra}")
+        return slots
 
-    def _observe_prediction(self, prediction: Any) -> None:
+    def _observe_prediction(self, prediction: Any) -> list[int]:
         if isinstance(prediction, Mapping):
-            for name, binner in self._outputs.items():
-                binner.add(prediction.get(name))
+            slots = [binner.add(prediction.get(name)) for name, binner in self._outputs.items()]
             if not prediction.keys() <= self._outputs.keys():
                 self._errors.count("input", f"prediction has outputs not in the reference: {list(prediction)[:5]}")
-        elif len(self._outputs) == 1:
-            next(iter(self._outputs.values())).add(prediction)
-        else:
-            self._errors.count("input", f"prediction must map each of {list(self._outputs)} to a value")
+            return slots
+        if len(self._outputs) == 1:
+            return [next(iter(self._outputs.values())).add(prediction)]
+        self._errors.count("input", f"prediction must map each of {list(self._outputs)} to a value")
+        return []
+
+    def _outputs_of(self, prediction: Any) -> Mapping[str, Any]:
+        if isinstance(prediction, Mapping):
+            return prediction
+        return {next(iter(self._outputs), "prediction"): prediction}
+
+    def _log_row(self, features: Any, prediction: Any, slots: list[int], out_slots: list[int],
+                 prediction_id: str | None, trace_id: str | None, duration: float | None) -> None:
+        """Write the row's event if it is anomalous or sampled."""
+        try:
+            flags = self._flags.features(self._feature_names, slots)
+            nonfinite = self._flags.nonfinite(out_slots)
+            if not (nonfinite or any(flags.values()) or self._events.sampled()):
+                return
+            self._events.write(
+                model=self.model, version=self.version, reference=self.reference.hash,
+                inputs=features, outputs=self._outputs_of(prediction), flags=flags,
+                nonfinite_prediction=nonfinite, prediction_id=prediction_id, trace_id=trace_id, duration=duration,
+            )
+        except Exception as exc:
+            self._errors.count("log", exc)
 
     def observe_batch(self, features: Any, predictions: Any, *, duration: float | None = None) -> None:
         """Record a batch: a DataFrame or mapping of column to array, and its predictions.
@@ -196,6 +230,29 @@ class ModelMonitor:
                 self._duration_child.observe(duration)
         except Exception as exc:
             self._errors.count("observe", exc)
+            return
+        if self._events is not None:
+            self._log_batch(features, predictions, n)
+
+    def _log_batch(self, features: Any, predictions: Any, n: int) -> None:
+        """Events for a batch's anomalous and sampled rows (row by row: the slow path)."""
+        try:
+            if self._scratch is None:  # binners counting into throw-away lists, same slots
+                counts: list[int] = []
+                sums: list[float] = []
+                self._scratch = (self._binners(self.reference.features, counts, sums),
+                                 self._binners(self.reference.outputs, counts, sums))
+            columns = {name: _row_values(features, name, n) for name in self._features}
+            outputs = {name: _row_values(self._prediction_columns(predictions), name, n) for name in self._outputs}
+            scratch_features, scratch_outputs = self._scratch
+            for i in range(n):
+                row = {name: values[i] for name, values in columns.items() if values is not None}
+                prediction = {name: values[i] for name, values in outputs.items() if values is not None}
+                slots = [b.add(row.get(name)) for name, b in scratch_features.items()]
+                out_slots = [b.add(prediction.get(name)) for name, b in scratch_outputs.items()]
+                self._log_row(row, prediction, slots, out_slots, None, None, None)
+        except Exception as exc:
+            self._errors.count("log", exc)
 
     def _batch_rows(self, features: Any, predictions: Any) -> int | None:
         if not (isinstance(features, Mapping) or hasattr(features, "columns")):
@@ -234,19 +291,36 @@ class ModelMonitor:
     # -- timing and errors ------------------------------------------------------
 
     @contextmanager
-    def track(self) -> Iterator["ModelMonitor"]:
+    def track(self, features: Any = None, *, prediction_id: str | None = None,
+              trace_id: str | None = None) -> Iterator["ModelMonitor"]:
         """Time the block as one predict call; count it as an error if it raises.
 
-        Inside, call ``observe``/``observe_batch`` on the yielded monitor as usual.
+        Inside, call ``observe``/``observe_batch`` on the yielded monitor as usual. With
+        event logging on, a failure is logged with ``features`` and the ids given here.
         """
         start = time.perf_counter()
         try:
             yield self
         except Exception as exc:
             self._count_prediction_error(exc)
+            self._log_error(features, exc, prediction_id, trace_id, time.perf_counter() - start)
             raise
         finally:
             self._observe_duration(time.perf_counter() - start)
+
+    def _log_error(self, features: Any, error: Exception, prediction_id: str | None, trace_id: str | None,
+                   duration: float) -> None:
+        if self._events is None:
+            return
+        try:
+            self._events.write(
+                model=self.model, version=self.version, reference=self.reference.hash,
+                inputs=features if isinstance(features, Mapping) else None, outputs={}, flags={},
+                nonfinite_prediction=False, prediction_id=prediction_id, trace_id=trace_id, duration=duration,
+                error=error,
+            )
+        except Exception as exc:
+            self._errors.count("log", exc)
 
     def instrument(self, fn: Callable | None = None, *, batch: bool = False) -> Callable:
         """Decorate ``predict(features, ...)``: time it, count errors, record inputs and outputs.
@@ -260,7 +334,7 @@ class ModelMonitor:
 
         @functools.wraps(fn)
         def wrapper(features, *args, **kwargs):
-            with self.track():
+            with self.track(None if batch else features):
                 result = fn(features, *args, **kwargs)
             record(features, result)
             return result
@@ -333,3 +407,12 @@ class ModelMonitor:
             (sum(self._counts[start:end]), self._sums[j]) for j, (_, start, end) in enumerate(self._value_children)
         ]
         self._done_rows = self._rows
+
+
+def _row_values(columns: Any, name: str, n: int) -> list | None:
+    """A batch column as a list of n Python values, or None if absent or mis-sized."""
+    if name not in columns:
+        return None
+    column = columns[name]
+    values = column.tolist() if hasattr(column, "tolist") else list(column)
+    return values if len(values) == n else None

@@ -1,0 +1,211 @@
+"""Prediction events: one JSON line per prediction, ECS fields, PII redacted.
+
+Each process writes ``<directory>/predictions-<pid>.jsonl`` through a rotating file
+handler (bounded: ``max_bytes`` times ``backup_count + 1`` per process), formatted by
+python-json-logger. ``modelmon ship`` delivers the files to Elasticsearch.
+Sampling keeps ``sample_rate`` of the ordinary rows and every failed or anomalous one.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import math
+import os
+import random
+import sys
+import uuid
+from dataclasses import dataclass
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from pythonjsonlogger.json import JsonFormatter
+
+ECS_VERSION = "8.11.0"
+DATASET = "modelmon.predictions"
+MAX_KEYS = 500
+MASK = "****"
+
+
+@dataclass(frozen=True)
+class Redaction:
+    """What happens to named input or output fields before anything is written.
+
+    ``drop`` removes the field, ``hash`` replaces it by a keyed hash (HMAC-SHA256 with
+    ``key``, or ``MODELMON_REDACTION_KEY``), ``mask`` by ``****``; every string is cut to
+    ``max_length`` characters.
+    """
+
+    drop: frozenset[str] = frozenset()
+    hash: frozenset[str] = frozenset()
+    mask: frozenset[str] = frozenset()
+    key: bytes | None = None
+    max_length: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("drop", "hash", "mask"):
+            object.__setattr__(self, name, frozenset(getattr(self, name)))
+        if self.key is None and os.environ.get("MODELMON_REDACTION_KEY"):
+            object.__setattr__(self, "key", os.environ["MODELMON_REDACTION_KEY"].encode())
+        if self.hash and not self.key:
+            raise ValueError("Redaction: hashing fields needs a key (key= or MODELMON_REDACTION_KEY)")
+        if self.max_length < 1:
+            raise ValueError(f"Redaction: max_length must be positive, got {self.max_length}")
+
+    def apply(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, value in list(fields.items())[:MAX_KEYS]:
+            name = str(name)[: self.max_length]
+            if name in self.drop:
+                continue
+            if name in self.mask:
+                value = MASK
+            elif name in self.hash:
+                value = "hmac:" + hmac.new(self.key, str(value).encode(), hashlib.sha256).hexdigest()[:32]
+            out[name] = json_safe(value, self.max_length)
+        return out
+
+
+def json_safe(value: Any, max_length: int) -> Any:
+    """A value Elasticsearch accepts: finite numbers, cut strings, text for the rest."""
+    t = type(value)
+    if value is None or t is bool or t is int:
+        return value
+    if t is float:
+        return value if math.isfinite(value) else str(value)
+    if t is str:
+        return value[:max_length]
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        try:
+            return json_safe(value.item(), max_length)
+        except (TypeError, ValueError):
+            pass
+    return str(value)[:max_length]
+
+
+def add_prediction(event: dict[str, Any], value: Any) -> None:
+    """The single output as a number (for histograms) or a label (for class shares)."""
+    if type(value) in (int, float):
+        event["modelmon.prediction.value"] = value
+    elif type(value) is bool:
+        event["modelmon.prediction.label"] = str(value)
+    elif isinstance(value, str) and value not in ("nan", "inf", "-inf"):
+        event["modelmon.prediction.label"] = value
+
+
+class _CountingHandler(RotatingFileHandler):
+    """A rotating file handler whose failures are counted, not printed to stderr."""
+
+    def __init__(self, path: Path, max_bytes: int, backup_count: int, on_error: Callable[[BaseException], None]):
+        super().__init__(path, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8")
+        self._on_error = on_error
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self._on_error(sys.exc_info()[1] or RuntimeError("event not written"))
+
+
+class EventLog:
+    """Writes prediction events for one or more monitors of this process."""
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        sample_rate: float = 1.0,
+        redaction: Redaction | None = None,
+        labels: Mapping[str, str] | None = None,
+        max_bytes: int = 50 * 1024 * 1024,
+        backup_count: int = 5,
+    ):
+        if not 0.0 <= sample_rate <= 1.0:
+            raise ValueError(f"sample_rate must be between 0 and 1, got {sample_rate}")
+        if max_bytes < 1024 or backup_count < 1:
+            raise ValueError("max_bytes must be at least 1024 and backup_count at least 1")
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.sample_rate = sample_rate
+        self.redaction = redaction or Redaction()
+        self.labels = {str(k): str(v) for k, v in (labels or {}).items()}
+        self._max_bytes, self._backup_count = max_bytes, backup_count
+        self._random = random.Random()
+        self._logger: logging.Logger | None = None
+        self._pid = 0
+        self.on_error: Callable[[BaseException], None] = lambda exc: None
+
+    @property
+    def path(self) -> Path:
+        return self.directory / f"predictions-{os.getpid()}.jsonl"
+
+    def sampled(self) -> bool:
+        return self.sample_rate >= 1.0 or self._random.random() < self.sample_rate
+
+    def _writer(self) -> logging.Logger:
+        """This process's logger, opened on first use and again after a fork."""
+        if self._logger is None or self._pid != os.getpid():
+            handler = _CountingHandler(self.path, self._max_bytes, self._backup_count, lambda e: self.on_error(e))
+            handler.setFormatter(JsonFormatter("%(message)s", timestamp="@timestamp"))
+            logger = logging.Logger(f"modelmon.events.{os.getpid()}")
+            logger.addHandler(handler)
+            self._logger, self._pid = logger, os.getpid()
+        return self._logger
+
+    def write(
+        self,
+        *,
+        model: str,
+        version: str,
+        reference: str,
+        inputs: Mapping[str, Any] | None,
+        outputs: Mapping[str, Any],
+        flags: Mapping[str, Iterable[str]],
+        nonfinite_prediction: bool,
+        prediction_id: str | None = None,
+        trace_id: str | None = None,
+        duration: float | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        """Write one event (ECS keys at the top level, modelmon's under ``modelmon.``)."""
+        redact = self.redaction.apply
+        safe_outputs = redact(outputs)
+        event: dict[str, Any] = {
+            "message": "prediction failed" if error else "prediction",
+            "log.level": "error" if error else "info",
+            "ecs.version": ECS_VERSION,
+            "service.name": model,
+            "service.version": version,
+            "event.kind": "event",
+            "event.dataset": DATASET,
+            "event.id": str(prediction_id) if prediction_id is not None else uuid.uuid4().hex,
+            "event.outcome": "failure" if error else "success",
+            "modelmon.model": model,
+            "modelmon.version": version,
+            "modelmon.reference": reference,
+            "modelmon.inputs": redact(inputs) if isinstance(inputs, Mapping) else {},
+            "modelmon.outputs": safe_outputs,
+            "modelmon.anomalous": bool(nonfinite_prediction or any(flags.values())),
+            "modelmon.flags.nonfinite_prediction": nonfinite_prediction,
+        }
+        for flag, names in flags.items():
+            event[f"modelmon.flags.{flag}"] = list(names)
+        if len(safe_outputs) == 1:
+            ((name, value),) = safe_outputs.items()
+            if name not in self.redaction.mask | self.redaction.hash:
+                add_prediction(event, value)
+        if duration is not None:
+            event["event.duration"] = int(duration * 1e9)
+        if trace_id is not None:
+            event["trace.id"] = str(trace_id)
+        if self.labels:
+            event["labels"] = self.labels
+        if error is not None:
+            event["error.type"] = type(error).__name__
+            event["error.message"] = str(error)[: self.redaction.max_length]
+        self._writer().info(event)
+
+    def close(self) -> None:
+        if self._logger is not None and self._pid == os.getpid():
+            for handler in self._logger.handlers:
+                handler.close()
+        self._logger = None
+
