@@ -18,13 +18,10 @@ FIXTURES = Path(__file__).parent / "fixtures"
 REQUESTS = 300
 
 
-@pytest.fixture
-def gunicorn(tmp_path, reference):
-    reference_path = tmp_path / "reference.yaml"
-    reference.save(reference_path)
+def start_gunicorn(tmp_path: Path, reference_path: Path) -> tuple[subprocess.Popen, str]:
+    """gunicorn with 3 workers on a free port, in multiprocess mode, with a shared outcome store."""
     metrics_dir = tmp_path / "metrics"
-    metrics_dir.mkdir()
-    (metrics_dir / "counter_999999.db").write_bytes(b"stale")  # a previous run's file, removed by on_starting
+    metrics_dir.mkdir(exist_ok=True)
     config = tmp_path / "gunicorn.conf.py"
     config.write_text("from modelmon.gunicorn import child_exit, on_starting  # noqa: F401\n")
     port = free_port()
@@ -33,6 +30,7 @@ def gunicorn(tmp_path, reference):
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         "MODELMON_FLUSH_INTERVAL": "0.2",
         "MODELMON_REFERENCE": str(reference_path),
+        "MODELMON_OUTCOMES": str(tmp_path / "outcomes.sqlite"),
         "PYTHONPATH": str(FIXTURES),
     }
     proc = subprocess.Popen(
@@ -45,15 +43,40 @@ def gunicorn(tmp_path, reference):
     while True:
         try:
             requests.get(url + "/metrics", timeout=1)
-            break
+            return proc, url
         except requests.ConnectionError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
                 pytest.fail("gunicorn did not start:\n" + proc.stdout.read().decode())
             time.sleep(0.2)
-    yield url, metrics_dir
+
+
+def stop(proc: subprocess.Popen) -> None:
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=30)
+
+
+@pytest.fixture
+def reference_path(tmp_path, reference) -> Path:
+    path = tmp_path / "reference.yaml"
+    reference.save(path)
+    return path
+
+
+@pytest.fixture
+def gunicorn(tmp_path, reference_path):
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "counter_999999.db").write_bytes(b"stale")  # a previous run's, removed by on_starting
+    proc, url = start_gunicorn(tmp_path, reference_path)
+    yield url, tmp_path / "metrics"
+    stop(proc)
+
+
+def post(url: str, path: str, body, **headers) -> requests.Response:
+    """A new connection per request, so the kernel spreads them over the workers."""
+    response = requests.post(url + path, json=body, headers={"Connection": "close", **headers}, timeout=5)
+    assert response.status_code == 200, response.text
+    return response
 
 
 def scrape(url: str) -> dict:
@@ -67,10 +90,7 @@ def test_scraped_counters_are_the_sum_over_workers(gunicorn):
     assert not (metrics_dir / "counter_999999.db").exists()
     pids = set()
     for i in range(REQUESTS):
-        # a new connection per request, so the kernel spreads them over the workers
-        response = requests.post(url + "/predict", json={"area": 80.0 + i % 50, "rooms": 3.0, "city": "lyon"},
-                                 headers={"Connection": "close"}, timeout=5)
-        assert response.status_code == 200
+        response = post(url, "/predict", {"area": 80.0 + i % 50, "rooms": 3.0, "city": "lyon"})
         pids.add(response.json()["pid"])
     assert len(pids) >= 2, "all requests went to one worker; the test proves nothing"
     time.sleep(1.0)  # > MODELMON_FLUSH_INTERVAL: every worker has folded its counts
@@ -97,3 +117,37 @@ def test_scraped_counters_are_the_sum_over_workers(gunicorn):
     assert len(memory) == 3, memory
     assert {str(p) for p in pids} <= memory
     assert all(samples[("process_resident_memory_bytes", frozenset({"pid": p}.items()))] > 10e6 for p in memory)
+
+
+def test_labels_join_across_workers_and_restarts(tmp_path, reference_path):
+    proc, url = start_gunicorn(tmp_path, reference_path)
+    made_by = {}
+    for i in range(120):
+        response = post(url, "/predict", {"area": 100.0, "rooms": 2.0, "city": "nice"}, **{"X-Request-Id": f"p{i}"})
+        made_by[f"p{i}"] = response.headers["X-Worker-Pid"]
+    time.sleep(1.0)  # every worker has written its predictions to the shared store
+    crossed = 0
+    for i in range(60):  # first half of the labels, off by 10 each
+        response = post(url, "/feedback", {"prediction_id": f"p{i}", "actual": 310.0})
+        assert response.json() == {"joined": 1, "unmatched": 0}
+        crossed += response.headers["X-Worker-Pid"] != made_by[f"p{i}"]
+    assert crossed > 0, "no label reached another worker than its prediction; the test proves nothing"
+    assert post(url, "/feedback", {"prediction_id": "nobody", "actual": 1.0}).json() == {"joined": 0, "unmatched": 1}
+    time.sleep(1.0)
+    first = scrape(url)
+    stop(proc)
+
+    proc, url = start_gunicorn(tmp_path, reference_path)  # a restart: new processes, same store
+    try:
+        answer = post(url, "/feedback", [{"prediction_id": f"p{i}", "actual": 290.0} for i in range(60, 120)]).json()
+        time.sleep(1.0)
+        second = scrape(url)
+    finally:
+        stop(proc)
+    assert answer == {"joined": 60, "unmatched": 0}
+    m = frozenset({"model": "house", "version": "1.0"}.items())
+    assert first[("modelmon_outcomes_total", m)] == 60
+    assert first[("modelmon_outcome_absolute_error_sum", m)] == pytest.approx(600.0)
+    assert first[("modelmon_outcomes_unmatched_total", m | {("reason", "unknown_id")})] == 1
+    assert second[("modelmon_outcomes_total", m)] == 60
+    assert second[("modelmon_outcome_squared_error_sum", m)] == pytest.approx(6000.0)

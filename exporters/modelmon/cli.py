@@ -44,6 +44,14 @@ def _names(text: str | None) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()] if text else []
 
 
+def _score(item: str) -> tuple[str, float]:
+    metric, _, score = item.partition("=")
+    try:
+        return metric.strip(), float(score)
+    except ValueError:
+        raise ValueError(f"--evaluation: expected METRIC=NUMBER, got {item!r}") from None
+
+
 def profile(args: argparse.Namespace) -> int:
     data = read_csv(Path(args.data))
     ref = Reference.from_data(
@@ -56,6 +64,7 @@ def profile(args: argparse.Namespace) -> int:
         trained_at=args.trained_at,
         bins=args.bins,
         top_k=args.top_k,
+        evaluation=dict(_score(item) for item in _names(args.evaluation)),
     )
     ref.save(args.output)
     print(
@@ -78,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trained-at", help="ISO 8601 training time (default: now)")
     p.add_argument("--bins", type=int, default=DEFAULT_BINS, help="quantile bins per numeric column")
     p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="categories kept per categorical column")
+    p.add_argument("--evaluation", help="held-out score(s) of the model, e.g. mae=15000 or accuracy=0.93")
     p.add_argument("-o", "--output", required=True, help="reference YAML to write")
     p.set_defaults(run=profile)
     return parser

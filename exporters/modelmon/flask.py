@@ -50,3 +50,14 @@ def instrument_app(app: Flask, *, registry: CollectorRegistry | None = None, met
         return Response(body, content_type=content_type)
 
     app.add_url_rule(metrics_path, endpoint="modelmon_metrics", view_func=metrics_view)
+
+
+def add_feedback_route(app: Flask, monitor, path: str = "/feedback") -> None:
+    """``POST path`` joins delayed labels to predictions (see ``modelmon.feedback``)."""
+    from .feedback import record_labels
+
+    def feedback_view():
+        status, answer = record_labels(monitor, request.get_json(silent=True))
+        return answer, status
+
+    app.add_url_rule(path, endpoint="modelmon_feedback", view_func=feedback_view, methods=["POST"])

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from . import multiprocess
 from .bins import Bins, CategoricalBins, NumericBins, RowFlags
 from .events import EventLog
+from .outcomes import OutcomeStore, OutcomeTracker, default_store
 from .metrics import ALERT_THRESHOLDS, metrics_for
 from .reference import ColumnProfile, Reference
 
@@ -46,6 +47,7 @@ class ModelMonitor:
         dependencies: Iterable[str] = DEFAULT_DEPENDENCIES,
         thresholds: Mapping[str, float] | None = None,
         events: EventLog | None = None,
+        outcomes: OutcomeStore | None = None,
     ):
         ref = reference if isinstance(reference, Reference) else Reference.load(Path(reference))
         unknown = set(thresholds or {}) - set(ALERT_THRESHOLDS)
@@ -71,6 +73,12 @@ class ModelMonitor:
             self._flags = RowFlags(self._features, self._outputs)
         self._children()
         self._mark_flushed()
+        self._tracker = None
+        if self._outputs:
+            self._tracker_output, first = next(iter(self._outputs.items()))
+            self._tracker = OutcomeTracker(self.model, self.version, isinstance(first, CategoricalBins),
+                                           outcomes if outcomes is not None else default_store(),
+                                           self._metrics, self._errors)
         self._error_labels: set[str] = set()
         self._metrics.add_monitor(self)
         self._export_constants(dependencies, thresholds or {})
@@ -125,6 +133,8 @@ class ModelMonitor:
                 if profile.mean is not None:
                     mean.labels(*labels, name).set(profile.mean)
                     stddev.labels(*labels, name).set(profile.stddev or 0.0)
+        for metric, score in ref.evaluation.items():
+            m["reference_score"].labels(*labels, metric).set(score)
         for alert, value in thresholds.items():
             m["alert_threshold"].labels(*labels, alert).set(float(value))
         for package in dependencies:
@@ -150,6 +160,9 @@ class ModelMonitor:
                 self._rows += 1
                 slots = self._observe_features(features)
                 out_slots = self._observe_prediction(prediction) if self._outputs else []
+            if prediction_id is not None and self._tracker is not None:
+                primary = prediction.get(self._tracker_output) if isinstance(prediction, Mapping) else prediction
+                self._tracker.remember(prediction_id, primary)
             if duration is not None:
                 self._duration_child.observe(duration)
         except Exception as exc:
@@ -203,12 +216,13 @@ class ModelMonitor:
         except Exception as exc:
             self._errors.count("log", exc)
 
-    def observe_batch(self, features: Any, predictions: Any, *, duration: float | None = None) -> None:
+    def observe_batch(self, features: Any, predictions: Any, *, prediction_ids: Any = None,
+                      duration: float | None = None) -> None:
         """Record a batch: a DataFrame or mapping of column to array, and its predictions.
 
         ``predictions`` is an array (one output) or a mapping of output name to array.
         Columns are binned with numpy; a column of the wrong length is skipped and
-        counted as an input error.
+        counted as an input error. ``prediction_ids`` lets delayed labels join the rows.
         """
         try:
             n = self._batch_rows(features, predictions)
@@ -228,11 +242,37 @@ class ModelMonitor:
                         sums[binner.sum_index] += total
             if duration is not None:
                 self._duration_child.observe(duration)
+            if prediction_ids is not None and self._tracker is not None:
+                self._remember_batch(prediction_ids, predictions, n)
         except Exception as exc:
             self._errors.count("observe", exc)
             return
         if self._events is not None:
             self._log_batch(features, predictions, n)
+
+    def _remember_batch(self, prediction_ids: Any, predictions: Any, n: int) -> None:
+        ids = _row_values({"ids": prediction_ids}, "ids", n)
+        values = _row_values(self._prediction_columns(predictions), self._tracker_output, n)
+        if ids is None or values is None:
+            self._errors.count("input", f"prediction_ids must have one id per row ({n})")
+            return
+        for prediction_id, value in zip(ids, values):
+            self._tracker.remember(prediction_id, value)
+
+    def record_outcome(self, prediction_id: str, actual: Any) -> bool:
+        """Join a delayed label to the prediction made with ``prediction_id``.
+
+        Counted in the outcome metrics under the version that made the prediction;
+        returns False (and counts it unmatched) if no such prediction is waiting.
+        """
+        if self._tracker is None:
+            self._errors.count("outcome", f"{self.model} has no outputs in its reference: no outcome to join")
+            return False
+        try:
+            return self._tracker.record(prediction_id, actual)
+        except Exception as exc:
+            self._errors.count("outcome", exc)
+            return False
 
     def _log_batch(self, features: Any, predictions: Any, n: int) -> None:
         """Events for a batch's anomalous and sampled rows (row by row: the slow path)."""
@@ -389,6 +429,11 @@ class ModelMonitor:
                     self._done_rows = rows
         except Exception as exc:
             self._errors.count("flush", exc)
+        if self._tracker is not None:
+            try:
+                self._tracker.flush()
+            except Exception as exc:
+                self._errors.count("outcome", exc)
 
     def close(self) -> None:
         """Flush and stop feeding the registry (the series stay until the process ends)."""

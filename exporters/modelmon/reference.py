@@ -81,6 +81,7 @@ class Reference:
     rows: int
     features: dict[str, ColumnProfile]
     outputs: dict[str, ColumnProfile] = field(default_factory=dict)
+    evaluation: dict[str, float] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -98,6 +99,7 @@ class Reference:
             "rows": self.rows,
             "features": {k: v.to_dict() for k, v in self.features.items()},
             "outputs": {k: v.to_dict() for k, v in self.outputs.items()},
+            "evaluation": dict(self.evaluation),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -137,13 +139,17 @@ class Reference:
         bins: int = DEFAULT_BINS,
         top_k: int = DEFAULT_TOP_K,
         exclude: Iterable[str] = (),
+        evaluation: Mapping[str, float] | None = None,
     ) -> "Reference":
         """Profile a pandas DataFrame or a mapping of column name to array.
 
         ``prediction`` names the output column(s); every other column not in
         ``exclude`` is a feature. Columns of object, string or bool dtype, and those
-        named in ``categorical``, are categorical; the rest numeric.
+        named in ``categorical``, are categorical; the rest numeric. ``evaluation`` is the
+        model's held-out score, e.g. ``{"mae": 15000.0}`` or ``{"accuracy": 0.93}``,
+        exported for the quality-drop alert.
         """
+        evaluation = _check_evaluation(dict(evaluation or {}), "evaluation")
         columns = {str(name): data[name] for name in data.keys()} if isinstance(data, Mapping) else {
             str(name): data[name] for name in data.columns
         }
@@ -174,7 +180,20 @@ class Reference:
             rows=rows,
             features={name: profile(name) for name in columns if name not in skip},
             outputs={name: profile(name) for name in outputs},
+            evaluation=evaluation,
         )
+
+
+EVALUATION_METRICS = ("accuracy", "mae")
+
+
+def _check_evaluation(evaluation: dict, where: str) -> dict[str, float]:
+    for metric, score in evaluation.items():
+        if metric not in EVALUATION_METRICS:
+            raise ValueError(f"{where}.{metric}: expected one of {EVALUATION_METRICS}")
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score) or score < 0:
+            raise ValueError(f"{where}.{metric}: expected a finite non-negative number, got {score!r}")
+    return {k: float(v) for k, v in evaluation.items()}
 
 
 def _parse_time(value: datetime | str) -> datetime:
@@ -291,6 +310,7 @@ class _Parser:
             rows=self.positive_int(data, "rows", ""),
             features={str(k): self.column(v, f"features.{k}.") for k, v in features.items()},
             outputs={str(k): self.column(v, f"outputs.{k}.") for k, v in outputs.items()},
+            evaluation=self.evaluation(data.get("evaluation") or {}),
         )
         if not ref.features and not ref.outputs:
             raise self.fail("features", "at least one feature or output", features)
@@ -301,6 +321,14 @@ class _Parser:
                 "if the file was edited on purpose, delete the hash line and it is recomputed"
             )
         return ref
+
+    def evaluation(self, data: Any) -> dict[str, float]:
+        if not isinstance(data, dict):
+            raise self.fail("evaluation", "a mapping of metric (accuracy, mae) to score", data)
+        try:
+            return _check_evaluation(data, "evaluation")
+        except ValueError as exc:
+            raise ReferenceFileError(f"{self.source}: {exc}") from None
 
     def positive_int(self, data: Mapping, key: str, where: str) -> int:
         value = self.get(data, key, where, (int,), "a non-negative integer")

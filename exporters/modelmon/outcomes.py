@@ -1,0 +1,205 @@
+"""Delayed labels: predictions wait in a store until their label arrives.
+
+The store is SQLite (standard library): in memory by default (one process; labels
+must reach the process that made the prediction before it restarts), or a file
+shared by every worker and replica on the host, which survives restarts
+(``OutcomeStore("/var/lib/modelmon/outcomes.sqlite")``). Either way it is bounded:
+predictions older than ``ttl_seconds`` or beyond ``max_rows`` are dropped and
+counted as ``modelmon_outcomes_unmatched_total{reason="expired"}``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Iterable
+
+from .bins import INVALID, category_key
+
+DEFAULT_TTL_SECONDS = 7 * 86400.0
+EXPIRE_EVERY_SECONDS = 60.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS predictions (
+    model TEXT NOT NULL, id TEXT NOT NULL, version TEXT NOT NULL, value TEXT NOT NULL, at REAL NOT NULL,
+    PRIMARY KEY (model, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS predictions_at ON predictions (at);
+"""
+
+
+class OutcomeStore:
+    """Predictions awaiting a label, keyed by (model, prediction id)."""
+
+    def __init__(self, path: str | os.PathLike | None = None, *, ttl_seconds: float = DEFAULT_TTL_SECONDS,
+                 max_rows: int | None = None):
+        if ttl_seconds <= 0:
+            raise ValueError(f"ttl_seconds must be positive, got {ttl_seconds}")
+        self.path = None if path is None else Path(path)
+        self.ttl_seconds = ttl_seconds
+        self.max_rows = max_rows if max_rows is not None else (100_000 if path is None else 10_000_000)
+        if self.max_rows < 1:
+            raise ValueError(f"max_rows must be positive, got {self.max_rows}")
+        self._lock = threading.Lock()
+        self._pending: deque[tuple[str, str, str, Any, float]] = deque()  # appends need no lock
+        self._db: sqlite3.Connection | None = None
+        self._pid = 0
+        self._last_expiry = 0.0
+        self._connect()  # fail at start-up on an unusable path
+
+    def _connect(self) -> sqlite3.Connection:
+        """This process's connection (a forked worker opens its own)."""
+        if self._db is None or self._pid != os.getpid():
+            if self.path is None:
+                db = sqlite3.connect(":memory:", check_same_thread=False)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(self.path, timeout=10, check_same_thread=False)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            self._db, self._pid = db, os.getpid()
+        return self._db
+
+    PENDING_LIMIT = 1000  # predictions buffered in memory before they are written
+
+    def remember(self, row: tuple[str, str, str, Any, float]) -> None:
+        """Hot path: buffer (model, id, version, predicted value, unix time); see ``put``."""
+        self._pending.append(row)
+        if len(self._pending) >= self.PENDING_LIMIT:
+            self.write_pending()
+
+    def write_pending(self) -> None:
+        """Write the buffered predictions, so other workers and a restarted process see them."""
+        with self._lock:
+            self._put(self._drain())
+
+    def _drain(self) -> list[tuple[str, str, str, Any, float]]:
+        return [self._pending.popleft() for _ in range(len(self._pending))]
+
+    def put(self, rows: Iterable[tuple[str, str, str, Any, float]]) -> None:
+        """Store (model, id, version, predicted value, unix time) rows; a repeated id replaces."""
+        with self._lock:
+            self._put(list(rows))
+
+    def _put(self, rows: list[tuple[str, str, str, Any, float]]) -> None:
+        if rows:
+            db = self._connect()
+            with db:
+                db.executemany("INSERT OR REPLACE INTO predictions VALUES (?, ?, ?, ?, ?)",
+                               [(m, i, v, json.dumps(value), at) for m, i, v, value, at in rows])
+
+    def take(self, model: str, prediction_id: str) -> tuple[str, Any] | None:
+        """Remove and return (version, predicted value) of a prediction, or None."""
+        with self._lock:
+            self._put(self._drain())
+            db = self._connect()
+            with db:
+                row = db.execute(
+                    "DELETE FROM predictions WHERE model = ? AND id = ? RETURNING version, value",
+                    (model, prediction_id),
+                ).fetchone()
+        return None if row is None else (row[0], json.loads(row[1]))
+
+    def expire(self, now: float | None = None, *, force: bool = False) -> dict[tuple[str, str], int]:
+        """Drop predictions past the TTL or beyond max_rows; counts per (model, version).
+
+        Runs at most once a minute unless forced.
+        """
+        now = time.time() if now is None else now
+        if not force and now - self._last_expiry < EXPIRE_EVERY_SECONDS:
+            return {}
+        self._last_expiry = now
+        dropped: dict[tuple[str, str], int] = {}
+        with self._lock:
+            db = self._connect()
+            with db:
+                rows = db.execute("DELETE FROM predictions WHERE at < ? RETURNING model, version",
+                                  (now - self.ttl_seconds,)).fetchall()
+                excess = db.execute("SELECT count(*) FROM predictions").fetchone()[0] - self.max_rows
+                if excess > 0:
+                    rows += self._drop_oldest(db, excess)
+        for model, version in rows:
+            dropped[(model, version)] = dropped.get((model, version), 0) + 1
+        return dropped
+
+    @staticmethod
+    def _drop_oldest(db: sqlite3.Connection, n: int) -> list[tuple[str, str]]:
+        oldest = db.execute("SELECT model, id, version FROM predictions ORDER BY at LIMIT ?", (n,)).fetchall()
+        db.executemany("DELETE FROM predictions WHERE model = ? AND id = ?", [(m, i) for m, i, _ in oldest])
+        return [(m, v) for m, _, v in oldest]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._connect().execute("SELECT count(*) FROM predictions").fetchone()[0]
+
+
+_default_store: OutcomeStore | None = None
+_default_lock = threading.Lock()
+
+
+def default_store() -> OutcomeStore:
+    """The process-wide in-memory store shared by monitors that were given none."""
+    global _default_store
+    with _default_lock:
+        if _default_store is None:
+            _default_store = OutcomeStore()
+        return _default_store
+
+
+class OutcomeTracker:
+    """Remembers one monitor's predictions and joins delayed labels to them.
+
+    Quality is measured on the model's first output: accuracy for a categorical
+    output, absolute and squared error for a numeric one.
+    """
+
+    def __init__(self, model: str, version: str, categorical: bool, store: OutcomeStore, metrics, errors):
+        self.model, self.version, self.categorical = model, version, categorical
+        self.store = store
+        self._metrics, self._errors = metrics, errors
+
+    def _encode(self, value: Any) -> Any:
+        if self.categorical:
+            return category_key(value)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return None
+        return number if math.isfinite(number) else None
+
+    def remember(self, prediction_id: Any, value: Any) -> None:
+        """Hot path: buffer (id, predicted value); the store is written on flush."""
+        self.store.remember((self.model, str(prediction_id), self.version, self._encode(value), time.time()))
+
+    def flush(self) -> None:
+        self.store.write_pending()
+        for (model, version), n in self.store.expire().items():
+            self._metrics["outcomes_unmatched"].labels(model, version, "expired").inc(n)
+
+    def record(self, prediction_id: Any, actual: Any) -> bool:
+        """Join one label to its prediction; False (and counted) when it cannot be."""
+        found = self.store.take(self.model, str(prediction_id))
+        if found is None:
+            self._metrics["outcomes_unmatched"].labels(self.model, self.version, "unknown_id").inc()
+            return False
+        version, predicted = found
+        labels = (self.model, version)
+        actual_value = self._encode(actual)
+        if actual_value is None or actual_value == INVALID or predicted is None:
+            self._metrics["outcomes_unmatched"].labels(*labels, "invalid").inc()
+            return False
+        self._metrics["outcomes"].labels(*labels).inc()
+        if self.categorical:
+            if actual_value == predicted:
+                self._metrics["outcomes_correct"].labels(*labels).inc()
+        else:
+            error = abs(actual_value - predicted)
+            self._metrics["outcome_absolute_error"].labels(*labels).observe(error)
+            self._metrics["outcome_squared_error"].labels(*labels).observe(error * error)
+        return True
