@@ -38,7 +38,8 @@ def test_every_contract_family_but_outcomes_and_http_is_exported(monitor, regist
         1 / 0
     names = {name for name, _ in scrape(registry)}
     reserved = {"modelmon_http", "modelmon_outcome", "modelmon_reference_score", "modelmon_alert_threshold",
-                "modelmon_internal_errors"}
+                "modelmon_internal_errors", "modelmon_feature_tokens", "modelmon_feature_unknown_tokens",
+                "modelmon_reference_unknown_token_ratio"}  # outcomes, HTTP, text: tested on their own
     for spec in CONTRACT:
         if not spec.name.startswith(tuple(reserved)):
             assert set(spec.samples) <= names, spec.name
@@ -278,3 +279,21 @@ def test_concurrent_observers_lose_nothing(monitor, registry):
     assert value(samples, "modelmon_predictions_total", **M) == 8000
     assert value(samples, "modelmon_feature_bin_total", feature="city", bin="paris", **M) == 8000
     assert value(samples, "modelmon_feature_value_sum", feature="area", **M) == 800_000.0
+
+
+def test_text_features_count_length_bins_and_unknown_tokens(registry):
+    texts = np.array(["a cosy flat near the park", "big house", "big house with a garden"] * 10, dtype=object)
+    ref = Reference.from_data({"description": texts}, model="m", version="1", text=["description"])
+    monitor = ModelMonitor("m", "1", ref, registry=registry)
+    monitor.observe({"description": "Big garden, huge pool"}, None)  # 4 tokens, 2 unknown
+    monitor.observe({"description": 42}, None)
+    monitor.observe_batch({"description": ["big flat", None]}, np.zeros(2))
+    samples = scrape(registry)
+    labels = dict(model="m", version="1", feature="description")
+    assert value(samples, "modelmon_feature_tokens_total", **labels) == 6
+    assert value(samples, "modelmon_feature_unknown_tokens_total", **labels) == 2
+    assert value(samples, "modelmon_reference_unknown_token_ratio", **labels) == 0.0
+    assert value(samples, "modelmon_feature_bin_total", bin="__invalid__", **labels) == 1
+    assert value(samples, "modelmon_feature_bin_total", bin="__missing__", **labels) == 1
+    assert total(samples, "modelmon_feature_bin_total", **labels) == 4
+    assert value(samples, "modelmon_feature_value_sum", **labels) == 6  # token counts, for the mean length

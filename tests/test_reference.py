@@ -95,7 +95,7 @@ def corrupt(reference, tmp_path, edit) -> Path:
         (lambda d: d.update(schema_version=9), "schema_version", "1"),
         (lambda d: d.pop("features"), "features", "missing"),
         (lambda d: d.update(trained_at="yesterday"), "trained_at", "ISO 8601"),
-        (lambda d: d["features"]["area"].update(type="float"), "features.area.type", "numeric or categorical"),
+        (lambda d: d["features"]["area"].update(type="float"), "features.area.type", "categorical or text"),
         (lambda d: d["features"]["area"].update(edges=[3, 2, 1]), "features.area.edges", "increasing"),
         (lambda d: d["features"]["area"].update(edges="1,2"), "features.area.edges", "list"),
         (lambda d: d["features"]["area"]["shares"].pop("__missing__"), "features.area.shares", "exactly the bins"),
@@ -151,3 +151,14 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
     csv.write_text("a,b\n1,2\n3\n")
     assert cli_main(["profile", str(csv), "--model", "m", "--version", "1", "-o", str(tmp_path / "r.yaml")]) == 2
     assert "bad.csv:3: 1 cells, the header has 2" in capsys.readouterr().err
+
+
+def test_text_profile_bins_token_counts_and_keeps_a_vocabulary(tmp_path):
+    texts = np.array(["a cosy flat near the park", "big house", None, "Big big HOUSE with garden"], dtype=object)
+    ref = Reference.from_data({"description": texts}, model="m", version="1", text=["description"])
+    profile = ref.features["description"]
+    assert profile.kind == "text" and profile.edges[0] == 2 and profile.edges[-1] == 6
+    assert profile.vocabulary[0] == "big" and profile.unknown_token_share == 0.0
+    assert profile.shares["__missing__"] == 0.25
+    ref.save(tmp_path / "r.yaml")
+    assert Reference.load(tmp_path / "r.yaml") == ref

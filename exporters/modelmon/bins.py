@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 import sys
 from bisect import bisect_right
 from collections import Counter
@@ -93,6 +94,7 @@ class NumericBins:
         self._table = np.array(
             [n] + list(range(self._m - 1)) + [n + 1], dtype=np.intp
         )  # same, relative to offset, with result m -> __above__
+        self.slots = len(self.labels)  # entries this column takes in ``counts``
 
     def add(self, value: Any) -> int:
         """Count one value and return its slot (hot path: no numpy, no exceptions out)."""
@@ -166,6 +168,7 @@ class CategoricalBins:
         self.unseen, self.missing, self.invalid = offset + n, offset + n + 1, offset + n + 2
         self._index = {c: offset + i for i, c in enumerate(self.categories)}
         self._counts, self.offset = counts, offset
+        self.slots = len(self.labels)
 
     def slot(self, value: Any) -> int:
         if type(value) is str:
@@ -195,7 +198,50 @@ class CategoricalBins:
         return counts, 0.0
 
 
-Bins = NumericBins | CategoricalBins
+_TOKEN = re.compile(r"\w+")
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-cased word tokens: the unit of text length and vocabulary."""
+    return _TOKEN.findall(text.lower())
+
+
+class TextBins(NumericBins):
+    """A free-text column: binned by its number of tokens like a numeric column.
+
+    Two more slots after the bins count tokens and tokens outside the reference
+    vocabulary. Strings are text; None and NaN are missing; anything else invalid.
+    """
+
+    kind = "text"
+
+    def __init__(self, edges: Sequence[float], vocabulary: Iterable[str], counts: list, sums: list, offset: int,
+                 sum_index: int):
+        super().__init__(edges, counts, sums, offset, sum_index)
+        self.vocabulary = frozenset(vocabulary)
+        self.tokens = offset + len(self.labels)
+        self.unknown_tokens = self.tokens + 1
+        self.slots = len(self.labels) + 2
+
+    def add(self, value: Any) -> int:
+        if isinstance(value, str):
+            words = tokenize(value)
+            self._counts[self.tokens] += len(words)
+            self._counts[self.unknown_tokens] += sum(w not in self.vocabulary for w in words)
+            return super().add(len(words))
+        if is_missing_object(value) or (isinstance(value, float) and value != value):
+            return super().add(None)
+        self._counts[self.invalid] += 1
+        return self.invalid
+
+    def count_array(self, column: Any) -> tuple[list[int], float]:
+        scratch = TextBins(self.edges, self.vocabulary, [0] * self.slots, [0.0], 0, 0)
+        for value in column.tolist() if hasattr(column, "tolist") else list(column):
+            scratch.add(value)
+        return scratch._counts, scratch._sums[0]
+
+
+Bins = NumericBins | CategoricalBins | TextBins
 
 
 FLAGS = ("missing", "invalid", "unseen", "out_of_range")

@@ -60,6 +60,7 @@ def profile(args: argparse.Namespace) -> int:
         version=args.version,
         prediction=_names(args.prediction),
         categorical=_names(args.categorical),
+        text=_names(args.text),
         exclude=_names(args.exclude),
         trained_at=args.trained_at,
         bins=args.bins,
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", required=True)
     p.add_argument("--prediction", help="output column(s), comma-separated")
     p.add_argument("--categorical", help="columns to treat as categorical, comma-separated")
+    p.add_argument("--text", help="free-text columns (binned by token count, with a vocabulary), comma-separated")
     p.add_argument("--exclude", help="columns that are neither features nor outputs (ids), comma-separated")
     p.add_argument("--trained-at", help="ISO 8601 training time (default: now)")
     p.add_argument("--bins", type=int, default=DEFAULT_BINS, help="quantile bins per numeric column")
@@ -90,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evaluation", help="held-out score(s) of the model, e.g. mae=15000 or accuracy=0.93")
     p.add_argument("-o", "--output", required=True, help="reference YAML to write")
     p.set_defaults(run=profile)
+    from . import elk_setup, shipper  # these import the elasticsearch package only when run
+
+    shipper.add_parser(commands)
+    elk_setup.add_parser(commands)
     return parser
 
 

@@ -65,6 +65,10 @@ CONTRACT: tuple[MetricSpec, ...] = (
     MetricSpec("modelmon_dependency_info", "gauge", ("package", "version"), "Installed version of a dependency."),
     MetricSpec("modelmon_feature_bin", "counter", MODEL + ("feature", "bin"), "Feature values per reference bin."),
     MetricSpec("modelmon_feature_value", "summary", MODEL + ("feature",), "Finite values of numeric features."),
+    MetricSpec("modelmon_feature_tokens", "counter", MODEL + ("feature",), "Tokens seen in text features."),
+    MetricSpec(
+        "modelmon_feature_unknown_tokens", "counter", MODEL + ("feature",), "Text tokens not in the reference vocabulary."
+    ),
     MetricSpec("modelmon_prediction_bin", "counter", MODEL + ("output", "bin"), "Predictions per reference bin."),
     MetricSpec("modelmon_prediction_value", "summary", MODEL + ("output",), "Finite values of numeric outputs."),
     MetricSpec(
@@ -75,6 +79,12 @@ CONTRACT: tuple[MetricSpec, ...] = (
         "gauge",
         MODEL + ("output", "bin"),
         "Share of training predictions per bin.",
+    ),
+    MetricSpec(
+        "modelmon_reference_unknown_token_ratio",
+        "gauge",
+        MODEL + ("feature",),
+        "Share of training tokens outside the vocabulary.",
     ),
     MetricSpec("modelmon_reference_mean", "gauge", MODEL + ("feature",), "Training mean of a numeric feature."),
     MetricSpec("modelmon_reference_stddev", "gauge", MODEL + ("feature",), "Training standard deviation."),

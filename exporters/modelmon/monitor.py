@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 from prometheus_client import CollectorRegistry
 
 from . import multiprocess
-from .bins import Bins, CategoricalBins, NumericBins, RowFlags
+from .bins import Bins, CategoricalBins, NumericBins, RowFlags, TextBins
 from .events import EventLog
 from .outcomes import OutcomeStore, OutcomeTracker, default_store
 from .metrics import ALERT_THRESHOLDS, metrics_for
@@ -95,9 +95,12 @@ class ModelMonitor:
             if profile.kind == "numeric":
                 binners[name] = NumericBins(profile.edges, counts, sums, offset, len(sums))
                 sums.append(0.0)
+            elif profile.kind == "text":
+                binners[name] = TextBins(profile.edges, profile.vocabulary, counts, sums, offset, len(sums))
+                sums.append(0.0)
             else:
                 binners[name] = CategoricalBins(profile.categories, counts, offset)
-            counts.extend([0] * len(binners[name].labels))
+            counts.extend([0] * binners[name].slots)
         return binners
 
     def _children(self) -> None:
@@ -111,6 +114,9 @@ class ModelMonitor:
         ):
             for name, binner in binners.items():
                 self._bin_children += [bins_metric.labels(*labels, name, b) for b in binner.labels]
+                if isinstance(binner, TextBins):  # its token slots follow the bins
+                    self._bin_children += [m["feature_tokens"].labels(*labels, name),
+                                           m["feature_unknown_tokens"].labels(*labels, name)]
                 if isinstance(binner, NumericBins):
                     finite_end = binner.missing  # in-range bins, then below and above
                     self._value_children.append((value_metric.labels(*labels, name), binner.offset, finite_end))
@@ -130,6 +136,8 @@ class ModelMonitor:
             for name, profile in profiles.items():
                 for label, share in profile.shares.items():
                     ratio.labels(*labels, name, label).set(share)
+                if profile.unknown_token_share is not None:
+                    m["reference_unknown_token_ratio"].labels(*labels, name).set(profile.unknown_token_share)
                 if profile.mean is not None:
                     mean.labels(*labels, name).set(profile.mean)
                     stddev.labels(*labels, name).set(profile.stddev or 0.0)
@@ -319,7 +327,7 @@ class ModelMonitor:
         for name, binner in binners.items():
             column = columns[name] if name in columns else None
             if column is None:
-                missing = [0] * len(binner.labels)
+                missing = [0] * binner.slots
                 missing[binner.missing - binner.offset] = n
                 yield binner, missing, 0.0
                 continue

@@ -7,6 +7,7 @@ and what was expected.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -26,15 +27,19 @@ from .bins import (
     SPECIAL_BINS,
     CategoricalBins,
     NumericBins,
+    TextBins,
     category_key,
     numeric_bin_labels,
+    tokenize,
 )
 
 SCHEMA_VERSION = 1
 DEFAULT_BINS = 10
 DEFAULT_TOP_K = 50
 MAX_TOP_K = 500
-KINDS = ("numeric", "categorical")
+DEFAULT_VOCABULARY = 2000
+MAX_VOCABULARY = 20_000
+KINDS = ("numeric", "categorical", "text")
 
 
 class ReferenceFileError(ValueError):
@@ -50,6 +55,8 @@ class ColumnProfile:
     count: int
     edges: tuple[float, ...] = ()
     categories: tuple[str, ...] = ()
+    vocabulary: tuple[str, ...] = ()
+    unknown_token_share: float | None = None
     mean: float | None = None
     stddev: float | None = None
     min: float | None = None
@@ -57,16 +64,18 @@ class ColumnProfile:
 
     @property
     def bin_labels(self) -> list[str]:
-        if self.kind == "numeric":
+        if self.kind != "categorical":
             return numeric_bin_labels(self.edges) + list(NUMERIC_SPECIAL)
         return list(self.categories) + list(CATEGORICAL_SPECIAL)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.kind, "count": self.count}
-        if self.kind == "numeric":
-            out.update(edges=list(self.edges), mean=self.mean, stddev=self.stddev, min=self.min, max=self.max)
-        else:
+        if self.kind == "categorical":
             out["categories"] = list(self.categories)
+        else:
+            out.update(edges=list(self.edges), mean=self.mean, stddev=self.stddev, min=self.min, max=self.max)
+        if self.kind == "text":
+            out.update(unknown_token_share=self.unknown_token_share, vocabulary=list(self.vocabulary))
         out["shares"] = dict(self.shares)
         return out
 
@@ -135,6 +144,7 @@ class Reference:
         version: str,
         prediction: str | Sequence[str] | None = None,
         categorical: Iterable[str] | None = None,
+        text: Iterable[str] | None = None,
         trained_at: datetime | str | None = None,
         bins: int = DEFAULT_BINS,
         top_k: int = DEFAULT_TOP_K,
@@ -145,7 +155,8 @@ class Reference:
 
         ``prediction`` names the output column(s); every other column not in
         ``exclude`` is a feature. Columns of object, string or bool dtype, and those
-        named in ``categorical``, are categorical; the rest numeric. ``evaluation`` is the
+        named in ``categorical``, are categorical; those in ``text`` free text (binned by
+        token count, with a vocabulary); the rest numeric. ``evaluation`` is the
         model's held-out score, e.g. ``{"mae": 15000.0}`` or ``{"accuracy": 0.93}``,
         exported for the quality-drop alert.
         """
@@ -155,7 +166,8 @@ class Reference:
         }
         outputs = [prediction] if isinstance(prediction, str) else list(prediction or [])
         categorical = set(categorical or ())
-        unknown = (set(outputs) | categorical | set(exclude)) - set(columns)
+        text = set(text or ())
+        unknown = (set(outputs) | categorical | text | set(exclude)) - set(columns)
         if unknown:
             raise ValueError(f"columns not in the data: {sorted(unknown)}")
         if not 1 <= bins <= 100:
@@ -170,6 +182,8 @@ class Reference:
             raise ValueError("cannot profile empty data")
 
         def profile(name: str) -> ColumnProfile:
+            if name in text:
+                return profile_text(columns[name], bins=bins)
             return profile_column(columns[name], categorical=name in categorical, bins=bins, top_k=top_k)
 
         skip = set(outputs) | set(exclude)
@@ -221,6 +235,27 @@ def profile_column(column: Any, *, categorical: bool, bins: int, top_k: int) -> 
     if values.dtype == object:
         return _profile_categorical(values, top_k)
     return _profile_numeric(values, bins)
+
+
+def profile_text(column: Any, *, bins: int, vocabulary_size: int = DEFAULT_VOCABULARY) -> ColumnProfile:
+    """Profile free text: token-count bins, and the most frequent tokens as vocabulary."""
+    values = _column_array(column, categorical=True)
+    token_lists = [tokenize(v) if isinstance(v, str) else None for v in values.tolist()]
+    lengths = np.array([np.nan if t is None else len(t) for t in token_lists], dtype=np.float64)
+    frequencies = Counter(w for t in token_lists if t for w in t)
+    vocabulary = tuple(w for w, _ in frequencies.most_common(vocabulary_size))
+    known = sum(frequencies[w] for w in vocabulary)
+    total = sum(frequencies.values())
+    numeric = _profile_numeric(lengths, bins)
+    binner = TextBins(numeric.edges, vocabulary, [], [], 0, 0)
+    counts, _ = binner.count_array(values)
+    return dataclasses.replace(
+        numeric,
+        kind="text",
+        shares=_shares(binner.labels, counts[: len(binner.labels)]),
+        vocabulary=vocabulary,
+        unknown_token_share=(total - known) / total if total else 0.0,
+    )
 
 
 def _profile_numeric(x: np.ndarray, bins: int) -> ColumnProfile:
@@ -344,14 +379,23 @@ class _Parser:
             raise self.fail(where + key, "a finite number or null", value)
         return float(value)
 
+    def text(self, data: Mapping, where: str) -> dict[str, Any]:
+        words = self.get(data, "vocabulary", where, (list,), "a list of tokens")
+        if len(words) > MAX_VOCABULARY or not all(isinstance(w, str) for w in words):
+            raise self.fail(where + "vocabulary", f"at most {MAX_VOCABULARY} token strings", f"{len(words)} items")
+        share = self.number(data, "unknown_token_share", where)
+        if share is None or not 0 <= share <= 1:
+            raise self.fail(where + "unknown_token_share", "a share between 0 and 1", share)
+        return {"vocabulary": tuple(words), "unknown_token_share": share}
+
     def column(self, data: Any, where: str) -> ColumnProfile:
         if not isinstance(data, Mapping):
             raise self.fail(where.rstrip("."), "a mapping with type, shares, ...", data)
-        kind = self.get(data, "type", where, (str,), "numeric or categorical")
+        kind = self.get(data, "type", where, (str,), "numeric, categorical or text")
         if kind not in KINDS:
-            raise self.fail(where + "type", "numeric or categorical", kind)
+            raise self.fail(where + "type", "numeric, categorical or text", kind)
         count = self.positive_int(data, "count", where)
-        if kind == "numeric":
+        if kind in ("numeric", "text"):
             edges = self.get(data, "edges", where, (list,), "a non-empty list of increasing numbers")
             if not edges or any(isinstance(e, bool) or not isinstance(e, (int, float)) for e in edges) or any(
                 not math.isfinite(e) for e in edges
@@ -363,6 +407,7 @@ class _Parser:
                 shares={},
                 count=count,
                 **{k: self.number(data, k, where) for k in ("mean", "stddev", "min", "max")},
+                **(self.text(data, where) if kind == "text" else {}),
             )
         else:
             cats = self.get(data, "categories", where, (list,), "a list of category strings")
@@ -388,4 +433,4 @@ class _Parser:
         total = sum(shares.values())
         if abs(total - 1) > 1e-6:
             raise self.fail(where + "shares", "shares that sum to 1", round(total, 9))
-        return ColumnProfile(**{**profile.__dict__, "shares": {label: float(shares[label]) for label in labels}})
+        return dataclasses.replace(profile, shares={label: float(shares[label]) for label in labels})
