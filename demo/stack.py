@@ -1,0 +1,140 @@
+"""The demo stack without Docker: ``make demo`` (``python -m demo.stack``).
+
+Starts the demo model service (gunicorn, 3 workers), Prometheus and Alertmanager
+from the repository's own config files, and a traffic scenario; prints where to
+look; Ctrl-C stops everything it started.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .native import ROOT, Process, binary, free_port, substituted_copy
+from .traffic import SCENARIOS
+
+BUILD = ROOT / "demo" / "build"
+
+
+@dataclass(frozen=True)
+class Ports:
+    demo: int = 8000
+    prometheus: int = 9090
+    alertmanager: int = 9093
+
+    @classmethod
+    def free(cls) -> "Ports":
+        return cls(free_port(), free_port(), free_port())
+
+
+class NativeStack:
+    """The compose services that run natively here, wired as in docker-compose.yml."""
+
+    def __init__(self, workdir: Path, ports: Ports = Ports()):
+        self.workdir, self.ports = workdir, ports
+        self.processes: list[Process] = []
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        """Compose service address -> native address."""
+        p = self.ports
+        return {"demo:8000": f"127.0.0.1:{p.demo}", "alertmanager:9093": f"127.0.0.1:{p.alertmanager}",
+                "prometheus:9090": f"127.0.0.1:{p.prometheus}"}
+
+    def url(self, service: str) -> str:
+        return f"http://127.0.0.1:{getattr(self.ports, service)}"
+
+    def start(self) -> "NativeStack":
+        try:
+            self.launch(self.demo_service())
+            self.launch(self.alertmanager())
+            self.launch(self.prometheus())
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def launch(self, process: Process) -> None:
+        """Start one more process as part of the stack (stopped with it)."""
+        self.processes.append(process)
+        process.start()
+
+    def demo_service(self) -> Process:
+        if not (BUILD / "model.joblib").exists():
+            from .train import main as train
+
+            train()
+        metrics_dir = self.workdir / "metrics"
+        metrics_dir.mkdir(parents=True, exist_ok=True)
+        return Process(
+            "demo", [sys.executable, "-m", "gunicorn", "-c", "demo/gunicorn.conf.py",
+                     "-b", f"127.0.0.1:{self.ports.demo}", "demo.service:app"],
+            ready_url=f"{self.url('demo')}/healthz", log=self.workdir / "logs" / "demo.log",
+            env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "MODELMON_EVENTS_DIR": str(self.workdir / "events"),
+                 "MODELMON_OUTCOMES": str(self.workdir / "outcomes.sqlite")},
+        )
+
+    def prometheus(self) -> Process:
+        config = substituted_copy(ROOT / "prometheus" / "prometheus.yml", self.workdir / "prometheus",
+                                  self.addresses, links=("rules", "targets"))
+        return Process(
+            "prometheus", [binary("prometheus"), f"--config.file={config}",
+                           f"--storage.tsdb.path={self.workdir / 'prometheus-data'}",
+                           f"--web.listen-address=127.0.0.1:{self.ports.prometheus}"],
+            ready_url=f"{self.url('prometheus')}/-/ready", log=self.workdir / "logs" / "prometheus.log",
+        )
+
+    def alertmanager(self) -> Process:
+        config = substituted_copy(ROOT / "alertmanager" / "alertmanager.yml", self.workdir / "alertmanager",
+                                  self.addresses, links=("templates",))
+        return Process(
+            "alertmanager", [binary("prometheus-alertmanager"), f"--config.file={config}",
+                             f"--storage.path={self.workdir / 'alertmanager-data'}",
+                             f"--web.listen-address=127.0.0.1:{self.ports.alertmanager}",
+                             "--cluster.listen-address="],
+            ready_url=f"{self.url('alertmanager')}/-/ready", log=self.workdir / "logs" / "alertmanager.log",
+        )
+
+    def traffic(self, scenario: str, rate: float) -> Process:
+        return Process(
+            "traffic", [sys.executable, "-m", "demo.traffic", scenario, "--url", self.url("demo"),
+                        "--rate", str(rate)],
+            ready_url=f"{self.url('demo')}/healthz", log=self.workdir / "logs" / "traffic.log",
+        )
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+        self.processes.clear()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m demo.stack", description=__doc__.split("\n")[0])
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="steady")
+    parser.add_argument("--rate", type=float, default=10.0, help="requests per second")
+    parser.add_argument("--workdir", type=Path, default=BUILD / "stack")
+    args = parser.parse_args()
+    stack = NativeStack(args.workdir).start()
+    try:
+        stack.launch(stack.traffic(args.scenario, args.rate))
+        print(f"""
+modelmon demo is up ({args.scenario} traffic, {args.rate:g} requests/s); Ctrl-C stops it.
+  model service   {stack.url('demo')}/metrics   (POST /predict, POST /feedback)
+  Prometheus      {stack.url('prometheus')}/alerts   and /graph, e.g. model_feature:modelmon_feature_bin:psi_1h
+  Alertmanager    {stack.url('alertmanager')}
+  logs            {args.workdir / 'logs'}, prediction events in {args.workdir / 'events'}
+Another scenario, in a second terminal: .venv/bin/python -m demo.traffic drift   (see demo/traffic.py)
+""", flush=True)
+        while all(p.proc.poll() is None for p in stack.processes):
+            time.sleep(1)
+        print("a process of the stack stopped; see the logs", file=sys.stderr)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    main()
