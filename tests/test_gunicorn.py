@@ -121,21 +121,25 @@ def test_scraped_counters_are_the_sum_over_workers(gunicorn):
 
 def test_labels_join_across_workers_and_restarts(tmp_path, reference_path):
     proc, url = start_gunicorn(tmp_path, reference_path)
-    made_by = {}
-    for i in range(120):
-        response = post(url, "/predict", {"area": 100.0, "rooms": 2.0, "city": "nice"}, **{"X-Request-Id": f"p{i}"})
-        made_by[f"p{i}"] = response.headers["X-Worker-Pid"]
-    time.sleep(1.0)  # every worker has written its predictions to the shared store
-    crossed = 0
-    for i in range(60):  # first half of the labels, off by 10 each
-        response = post(url, "/feedback", {"prediction_id": f"p{i}", "actual": 310.0})
-        assert response.json() == {"joined": 1, "unmatched": 0}
-        crossed += response.headers["X-Worker-Pid"] != made_by[f"p{i}"]
+    try:
+        made_by = {}
+        for i in range(120):
+            response = post(url, "/predict", {"area": 100.0, "rooms": 2.0, "city": "nice"},
+                            **{"X-Request-Id": f"p{i}"})
+            made_by[f"p{i}"] = response.headers["X-Worker-Pid"]
+        time.sleep(1.0)  # every worker has written its predictions to the shared store
+        crossed = 0
+        for i in range(60):  # first half of the labels, off by 10 each
+            response = post(url, "/feedback", {"prediction_id": f"p{i}", "actual": 310.0})
+            assert response.json() == {"joined": 1, "unmatched": 0}
+            crossed += response.headers["X-Worker-Pid"] != made_by[f"p{i}"]
+        unknown = post(url, "/feedback", {"prediction_id": "nobody", "actual": 1.0}).json()
+        time.sleep(1.0)
+        first = scrape(url)
+    finally:
+        stop(proc)
     assert crossed > 0, "no label reached another worker than its prediction; the test proves nothing"
-    assert post(url, "/feedback", {"prediction_id": "nobody", "actual": 1.0}).json() == {"joined": 0, "unmatched": 1}
-    time.sleep(1.0)
-    first = scrape(url)
-    stop(proc)
+    assert unknown == {"joined": 0, "unmatched": 1}
 
     proc, url = start_gunicorn(tmp_path, reference_path)  # a restart: new processes, same store
     try:
