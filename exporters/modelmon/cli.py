@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     shipper.add_parser(commands)
     elk_setup.add_parser(commands)
+    from . import report, skew  # scipy and elasticsearch are imported only when these run
+
+    skew.add_parser(commands)
+    report.add_parser(commands)
     return parser
 
 

@@ -1,0 +1,220 @@
+"""Reading logged prediction events back: from the event files or from Elasticsearch.
+
+Both sources yield the events as the monitor wrote them: a dict with dotted keys at the
+top level (``"event.id"``, ``"modelmon.inputs"``, ...). Documents that Elasticsearch
+returns with nested objects instead (``{"modelmon": {"inputs": ...}}``) are flattened to
+the same shape. The ``elasticsearch`` package is imported only for an Elasticsearch source.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from .events import DATASET, MASK
+
+DATA_STREAMS = f"logs-{DATASET}-*"
+# Mappings of their own: flattening stops at these keys.
+LEAF_MAPPINGS = ("modelmon.inputs", "modelmon.outputs", "labels")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+class SourceError(ValueError):
+    """An event source that cannot be read: names the source and the problem."""
+
+
+class Redacted:
+    """A logged value that was masked or hashed: present, but not comparable."""
+
+    def __repr__(self) -> str:
+        return "<redacted>"
+
+
+REDACTED = Redacted()
+
+
+def add_source_arguments(parser: Any) -> None:
+    """Flags shared by the commands that read events."""
+    parser.add_argument("--since", help="only events newer than this: a duration (24h, 30m, 7d) or an ISO 8601 time")
+    parser.add_argument("--es-index", default=DATA_STREAMS,
+                        help=f"Elasticsearch data streams to read (default {DATA_STREAMS}); credentials from "
+                             "$ELASTICSEARCH_API_KEY or $ELASTICSEARCH_USERNAME/_PASSWORD")
+
+
+def is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
+
+
+def parse_since(text: str | None, now: datetime | None = None) -> datetime | None:
+    """``24h``, ``30m``, ``7d``, ``2w`` before now, or an ISO 8601 time; None for None."""
+    if text is None:
+        return None
+    now = now or datetime.now(timezone.utc)
+    match = _DURATION.match(text.strip())
+    if match:
+        return now - timedelta(seconds=float(match.group(1)) * _SECONDS[match.group(2)])
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise SourceError(f"--since: expected a duration like 24h or an ISO 8601 time, got {text!r}") from None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+def event_time(event: Mapping[str, Any]) -> datetime | None:
+    stamp = event.get("@timestamp")
+    if not isinstance(stamp, str):
+        return None
+    try:
+        when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+def flatten(document: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested objects to dotted top-level keys, keeping inputs, outputs and labels whole."""
+    out: dict[str, Any] = {}
+    for key, value in document.items():
+        name = prefix + str(key)
+        if isinstance(value, Mapping) and name not in LEAF_MAPPINGS:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def field_value(event: Mapping[str, Any], path: str) -> Any:
+    """A field of an event: a top-level key (``event.id``), a key inside one of its
+    mappings (``labels.region``, ``modelmon.inputs.city``), or else an input feature."""
+    if path in event:
+        return event[path]
+    for mapping in LEAF_MAPPINGS:
+        if path.startswith(mapping + "."):
+            inner = event.get(mapping)
+            return inner.get(path[len(mapping) + 1:]) if isinstance(inner, Mapping) else None
+    inputs = event.get("modelmon.inputs")
+    return inputs.get(path) if isinstance(inputs, Mapping) else None
+
+
+def logged_value(value: Any) -> Any:
+    """A logged input or output as the service saw it: "nan"/"inf" back to floats,
+    masked or hashed values to ``REDACTED``; everything else unchanged."""
+    if isinstance(value, str):
+        if value == "nan":
+            return math.nan
+        if value in ("inf", "-inf"):
+            return float(value)
+        if value == MASK or value.startswith("hmac:"):
+            return REDACTED
+    return value
+
+
+def json_ready(value: Any) -> Any:
+    """Nested dicts and lists with non-finite floats as "nan"/"inf"/"-inf", as the event log writes them."""
+    if isinstance(value, Mapping):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+@dataclass
+class EventStats:
+    """What reading a source skipped, for the report's notes."""
+
+    read: int = 0
+    malformed: int = 0
+    before_since: int = 0
+    files: list[str] = field(default_factory=list)
+
+
+def event_files(path: Path) -> list[Path]:
+    """The event files of a directory (``predictions-<pid>.jsonl[.N]``), oldest rotation first."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise SourceError(f"{path}: no such event file or directory")
+    files = list(path.glob("predictions-*.jsonl")) + list(path.glob("predictions-*.jsonl.*"))
+
+    def order(p: Path) -> tuple[str, int]:
+        stem, _, suffix = p.name.partition(".jsonl")
+        return stem, -int(suffix[1:]) if suffix[1:].isdigit() else 0
+
+    return sorted(files, key=order)
+
+
+def read_files(path: Path, since: datetime | None, stats: EventStats) -> Iterator[dict[str, Any]]:
+    files = event_files(path)
+    if not files:
+        raise SourceError(f"{path}: no event files (predictions-*.jsonl) in this directory")
+    for file in files:
+        stats.files.append(str(file))
+        with open(file, encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    stats.malformed += 1
+                    continue
+                if not isinstance(event, dict):
+                    stats.malformed += 1
+                    continue
+                if since is not None and (event_time(event) or since) < since:
+                    stats.before_since += 1
+                    continue
+                stats.read += 1
+                yield event
+
+
+def elasticsearch_client(url: str) -> Any:
+    """A client for ``url``, authenticated from $ELASTICSEARCH_API_KEY or
+    $ELASTICSEARCH_USERNAME/_PASSWORD, CA bundle from $ELASTICSEARCH_CA_CERTS."""
+    try:
+        from elasticsearch import Elasticsearch
+    except ImportError:
+        raise SourceError("reading Elasticsearch needs the elasticsearch package: pip install 'modelmon[elastic]'") from None
+    env = os.environ.get
+    auth: dict[str, Any] = {}
+    if env("ELASTICSEARCH_API_KEY"):
+        auth["api_key"] = env("ELASTICSEARCH_API_KEY")
+    elif env("ELASTICSEARCH_USERNAME"):
+        auth["basic_auth"] = (env("ELASTICSEARCH_USERNAME"), env("ELASTICSEARCH_PASSWORD", ""))
+    return Elasticsearch(url, ca_certs=env("ELASTICSEARCH_CA_CERTS"), request_timeout=60, **auth)
+
+
+def read_elasticsearch(url: str, since: datetime | None, stats: EventStats,
+                       index: str = DATA_STREAMS) -> Iterator[dict[str, Any]]:
+    """Scroll through the prediction data streams (``helpers.scan``), in no particular order."""
+    from elasticsearch import ApiError, TransportError, helpers
+
+    query: dict[str, Any] = {"match_all": {}}
+    if since is not None:
+        query = {"range": {"@timestamp": {"gte": since.isoformat()}}}
+    client = elasticsearch_client(url)
+    try:
+        hits = helpers.scan(client, index=index, query={"query": query}, size=2000, ignore_unavailable=True)
+        for hit in hits:
+            stats.read += 1
+            yield flatten(hit.get("_source") or {})
+    except (ApiError, TransportError) as exc:
+        raise SourceError(f"{url}: cannot read {index}: {exc}") from exc
+    finally:
+        client.close()
+
+
+def read_events(source: str, *, since: datetime | None = None, stats: EventStats | None = None,
+                index: str = DATA_STREAMS) -> Iterator[dict[str, Any]]:
+    """Events from an event file, a directory of them, or an Elasticsearch URL (``index``:
+    the data streams to read there)."""
+    stats = stats if stats is not None else EventStats()
+    if is_url(source):
+        return read_elasticsearch(source, since, stats, index)
+    return read_files(Path(source), since, stats)
