@@ -3,7 +3,9 @@
 Joins the training rows to the logged serving inputs on an id and reports, per
 feature, the share of joined rows whose values differ: numbers beyond a relative and
 absolute tolerance (``math.isclose``), anything else by its category text, a value
-present on one side and missing on the other. Exits 1 when a feature's share is above
+present on one side and missing on the other. The table also gives the median
+serving/training ratio of the differing numbers (a unit change shows as a constant
+factor) and the largest difference. Exits 1 when a feature's share is above
 ``--max-mismatch``, so it can gate CI or run from cron.
 
 With ``--no-id`` (no shared id), each feature's distributions are compared instead:
@@ -323,15 +325,17 @@ def table(report: Mapping[str, Any]) -> str:
     rows = report["rows"]
     lines.append(f"joined {rows['joined']} of {rows['training_distinct_ids']} training ids to "
                  f"{rows['serving_ids']} serving ids ({report['id_column']} = {report['serving_id_field']})")
-    lines.append(f"{'feature':24} {'kind':11} {'compared':>9} {'mismatch':>9} {'share':>8}  largest difference")
+    lines.append(f"{'feature':24} {'kind':11} {'compared':>9} {'mismatch':>9} {'share':>8} {'ratio':>9}  "
+                 "largest difference (id: training -> serving)")
     for f in report["features"]:
         example = ""
         if f["largest"]:
             e = f["largest"][0]
             example = f"{e['id']}: {_cell(e['training'])} -> {_cell(e['serving'])}"
         flag = "  SKEW" if f["skewed"] else ""
+        ratio = f"{f['median_ratio']:.4g}" if f["median_ratio"] is not None else ""
         lines.append(f"{f['feature'][:24]:24} {f['kind']:11} {f['compared']:>9} {f['mismatched']:>9} "
-                     f"{f['share']:>8.2%}  {example}{flag}")
+                     f"{f['share']:>8.2%} {ratio:>9}  {example}{flag}")
     return "\n".join(lines)
 
 
