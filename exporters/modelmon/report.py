@@ -130,24 +130,29 @@ def analyse_column(name: str, role: str, profile: ColumnProfile, reference_rows:
     if n < drift.MIN_SAMPLE:
         column["notes"].append(f"not tested: {n} live values, fewer than {drift.MIN_SAMPLE}")
         return column
-    raw = profile.kind == "numeric" and training is not None and training.dtype.kind == "f"
     tests: list[drift.TestResult] = []
-    if raw:
-        reference_values, live_values = training[np.isfinite(training)], finite(values)
-        if min(len(reference_values), len(live_values)) >= drift.MIN_SAMPLE:
+    shares = [profile.shares[label] for label in labels]
+    raw = False
+    if profile.kind == "numeric":
+        if training is None:
+            reason = "no raw training values (--training)"
+        elif training.dtype.kind != "f":
+            reason = "the training column is not numeric"
+        else:
+            reference_values, live_values = training[np.isfinite(training)], finite(values)
+            raw = min(len(reference_values), len(live_values)) >= drift.MIN_SAMPLE
+            reason = f"fewer than {drift.MIN_SAMPLE} finite values"
+        if raw:
             tests += drift.numeric_tests(reference_values, live_values, profile.stddev)
             column["comparison"] = "raw training values"
         else:
-            raw = False
-            column["notes"].append(f"too few finite values for KS and Wasserstein (fewer than {drift.MIN_SAMPLE})")
+            column["notes"].append(f"{reason}: Kolmogorov-Smirnov on the reference bins (D at the bin edges, "
+                                   "a lower bound) and chi-square on the bins; Wasserstein not run")
+            order = [len(labels) - 4, *range(len(labels) - 4), len(labels) - 3]  # below, in-range bins, above
+            if sum(counts[i] for i in order) and sum(shares[i] for i in order):
+                tests.append(drift.binned_ks([counts[i] for i in order], [shares[i] for i in order]))
     elif profile.kind == "text":
         column["notes"].append("text: compared on the reference's token-count bins")
-    elif profile.kind == "numeric":
-        column["notes"].append(
-            "no raw training values (--training): Kolmogorov-Smirnov and Wasserstein not run; "
-            "compared on the reference bins (chi-square) instead"
-        )
-    shares = [profile.shares[label] for label in labels]
     tests += drift.binned_tests(counts, shares, reference_rows, chi_square=not raw)
     group_test, sizes = _group_test(profile, values, groups)
     column["tests"] = tests

@@ -1,0 +1,289 @@
+"""modelmon report: statistics checked against scipy called directly on the same values,
+drift decided on effect size at large n, event files from a real monitor, Elasticsearch."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import training_frame
+from elastic import elastic, es, namespace  # noqa: F401 (fixtures)
+from prometheus_client import CollectorRegistry
+from scipy import stats
+
+from modelmon import ModelMonitor, Reference
+from modelmon.cli import main
+from modelmon.drift import SHARE_FLOOR
+from modelmon.events import EventLog, Redaction
+from modelmon.report import LiveData, analyse
+from modelmon.shipper import Shipper, ShipperConfig
+
+CITIES = ["paris", "lyon", "nice"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def drifted_frame(rows: int, seed: int) -> dict[str, np.ndarray]:
+    """Live data of a new version: area shifted by half a standard deviation, more Nice."""
+    rng = np.random.default_rng(seed)
+    frame = training_frame(rows, seed)
+    frame["area"] = frame["area"] + 10.0
+    frame["city"] = rng.choice(CITIES, rows, p=[0.3, 0.3, 0.4]).astype(object)
+    return frame
+
+
+def observe(directory: Path, reference: Reference, frame: dict, version: str, **log_options) -> None:
+    """Log every row of ``frame`` as a prediction of ``version``, through a real monitor."""
+    log = EventLog(directory, **log_options)
+    monitor = ModelMonitor("house", version, reference, registry=CollectorRegistry(), events=log)
+    for i in range(len(frame["price"])):
+        row = {"area": float(frame["area"][i]), "rooms": float(frame["rooms"][i]), "city": frame["city"][i]}
+        monitor.observe(row, float(frame["price"][i]), prediction_id=f"{version}-{i}")
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Training CSV and reference; events of a faithful 1.0 and a drifted 1.1."""
+    root = tmp_path_factory.mktemp("report")
+    training = training_frame(4000, seed=1)
+    reference = Reference.from_data(training, model="house", version="1.0", prediction="price")
+    reference.save(root / "reference.yaml")
+    with (root / "train.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(list(training))
+        writer.writerows(zip(*training.values()))
+    live = {"1.0": training_frame(1500, seed=2), "1.1": drifted_frame(1500, seed=3)}
+    for version, frame in live.items():
+        observe(root / "events", reference, frame, version)
+    observe(root / "clean", reference, live["1.0"], "1.0")
+    observe(root / "drifted", reference, live["1.1"], "1.1")
+    return root, reference, training, live
+
+
+def report(capsys, tmp_path, *args) -> tuple[int, dict, str]:
+    code = main(["report", *map(str, args), "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    path = tmp_path / "out.json"
+    return code, (json.loads(path.read_text(), parse_constant=_reject) if path.exists() else {}), err
+
+
+def _reject(constant):
+    raise ValueError(f"not strict JSON: {constant}")
+
+
+def column(rep: dict, name: str) -> dict:
+    return next(c for c in rep["columns"] if c["name"] == name)
+
+
+def result(rep_column: dict, name: str) -> dict:
+    return next(t for t in rep_column["tests"] if t["test"] == name)
+
+
+def close(actual: float, expected: float) -> bool:
+    return actual == pytest.approx(expected, rel=1e-6, abs=1e-300)
+
+
+def test_statistics_and_p_values_agree_with_scipy(setup, tmp_path, capsys):
+    root, reference, training, live = setup
+    code, rep, _ = report(capsys, tmp_path, "--reference", root / "reference.yaml", "--events", root / "events",
+                          "--training", root / "train.csv")
+    assert code == 0 and rep["events"]["read"] == 3000
+    area_live = np.concatenate([live["1.0"]["area"], live["1.1"]["area"]])
+
+    area = column(rep, "area")
+    assert area["comparison"] == "raw training values"
+    ks = stats.ks_2samp(training["area"], area_live)
+    assert close(result(area, "ks_2samp")["statistic"], ks.statistic) and close(result(area, "ks_2samp")["p_value"], ks.pvalue)
+    distance = stats.wasserstein_distance(training["area"], area_live)
+    assert close(result(area, "wasserstein")["statistic"], distance)
+    assert close(result(area, "wasserstein")["effect_value"], distance / np.std(training["area"], ddof=1))
+
+    # city: chi-square goodness of fit on the reference bins, expected shares floored and renormalised
+    city = column(rep, "city")
+    profile = reference.features["city"]
+    live_city = np.concatenate([live["1.0"]["city"], live["1.1"]["city"]])
+    observed = np.array([np.sum(live_city == c) for c in profile.categories], dtype=float)
+    shares = np.array([profile.shares[c] for c in profile.categories])
+    assert set(profile.shares) - set(profile.categories) == {"__unseen__", "__missing__", "__invalid__"}
+    assert all(profile.shares[b] == 0 for b in ("__unseen__", "__missing__", "__invalid__"))
+    n = observed.sum()
+    chi = stats.chisquare(observed, n * shares / shares.sum())
+    assert close(result(city, "chi_square")["statistic"], chi.statistic)
+    assert close(result(city, "chi_square")["p_value"], chi.pvalue)
+    assert close(result(city, "chi_square")["effect_value"], math.sqrt(chi.statistic / (n * 2)))
+
+    # PSI and Jensen-Shannon with the rules' floor, on all bins (empty ones included)
+    p = np.maximum(np.append(observed / n, [0, 0, 0]), SHARE_FLOOR)
+    q = np.maximum(np.append(shares, [0, 0, 0]), SHARE_FLOOR)
+    psi = np.sum((p - q) * np.log(p / q))
+    js = (np.sum(p * np.log(p) + q * np.log(q) - (p + q) * np.log((p + q) / 2))) / 2
+    assert close(result(city, "psi")["statistic"], psi) and close(result(city, "jensen_shannon")["statistic"], js)
+    assert close(result(city, "psi")["p_value"], stats.chi2.sf(psi / (1 / n + 1 / reference.rows), 2))
+
+    # across versions: Kruskal-Wallis (numeric), chi-square of independence (categorical)
+    h = stats.kruskal(live["1.0"]["area"], live["1.1"]["area"])
+    groups = area["groups"]
+    assert groups["field"] == "modelmon.version" and groups["sizes"] == {"1.0": 1500, "1.1": 1500}
+    assert close(groups["test"]["statistic"], h.statistic) and close(groups["test"]["p_value"], h.pvalue)
+    assert close(groups["test"]["effect_value"], h.statistic / 2999)
+    table = np.array([[np.sum(live[v]["city"] == c) for c in profile.categories] for v in ("1.0", "1.1")])
+    chi2, p_ind, _, _ = stats.chi2_contingency(table, correction=False)
+    city_groups = city["groups"]["test"]
+    assert close(city_groups["statistic"], chi2) and close(city_groups["p_value"], p_ind)
+    assert close(city_groups["effect_value"], stats.contingency.association(table, method="cramer"))
+
+    # Benjamini-Hochberg over every p-value of the report
+    tested = [t for c in rep["columns"] for t in [*c["tests"], c["groups"]["test"]] if t and t["p_value"] is not None]
+    expected = stats.false_discovery_control([t["p_value"] for t in tested], method="bh")
+    assert len(tested) == 12
+    assert all(close(t["p_adjusted"], e) for t, e in zip(tested, expected))
+
+    assert rep["drifting"] == ["area", "city"]
+    assert column(rep, "rooms")["drift"] is False and column(rep, "price")["drift"] is False
+    assert area["groups"]["differs"] and not column(rep, "rooms")["groups"]["differs"]
+
+
+def test_psi_and_jensen_shannon_floor_empty_shares_as_the_prometheus_rules(reference):
+    rules = "".join(p.read_text() for p in (ROOT / "prometheus" / "rules").glob("*.rules.yml"))
+    floors = set(re.findall(r"clamp_min\([^()]*,\s*([0-9.e-]+)\)", rules))
+    assert floors == {"1e-4"} and float(floors.pop()) == SHARE_FLOOR
+
+    rng = np.random.default_rng(5)
+    frame = training_frame(2000, seed=6)
+    frame["city"] = rng.choice(["paris", "lyon", "nice", "oslo", None], 2000, p=[.45, .3, .2, .04, .01]).astype(object)
+    rep = analyse(reference, _live(frame))
+    city, profile = column(rep, "city"), reference.features["city"]
+    live = np.array([b["live"] for b in city["bins"]])
+    assert [b["label"] for b in city["bins"]] == profile.bin_labels
+    assert live[profile.bin_labels.index("__unseen__")] == np.mean(frame["city"] == "oslo")
+    ref = np.array([profile.shares[label] for label in profile.bin_labels])
+    p, q = np.maximum(live, SHARE_FLOOR), np.maximum(ref, SHARE_FLOOR)
+    assert close(result(city, "psi")["statistic"], np.sum((p - q) * np.log(p / q)))
+    m = (p + q) / 2
+    assert close(result(city, "jensen_shannon")["statistic"], (np.sum(p * np.log(p / m)) + np.sum(q * np.log(q / m))) / 2)
+    assert result(city, "psi")["statistic"] > 0.2 and rep["drifting"] == ["city"]
+
+
+def _live(frame: dict, version: str = "1.0") -> LiveData:
+    n = len(frame["price"])
+    return LiveData({k: frame[k].tolist() for k in ("area", "rooms", "city", "price")}, [version] * n,
+                    "modelmon.version", events=n)
+
+
+def test_at_100000_rows_drift_is_decided_on_effect_size():
+    training = training_frame(100_000, seed=11)
+    reference = Reference.from_data(training, model="house", version="1.0", prediction="price")
+
+    same = analyse(reference, _live(training_frame(100_000, seed=12)), training)
+    assert same["drifting"] == []
+    assert all(t["effect_value"] < 0.01 for c in same["columns"] for t in c["tests"] if t["effect_value"] is not None)
+
+    slightly = training_frame(100_000, seed=13)
+    slightly["area"] = slightly["area"] + 0.04 * 20.0  # 0.04 sd: significant at this n, but no effect worth a flag
+    small = analyse(reference, _live(slightly), training)
+    ks = result(column(small, "area"), "ks_2samp")
+    assert ks["p_adjusted"] < 1e-6 and not ks["exceeded"]
+    assert small["drifting"] == []
+
+    shifted = analyse(reference, _live(drifted_frame(100_000, seed=14)), training)
+    assert shifted["drifting"] == ["area", "city"]
+    area = column(shifted, "area")
+    assert result(area, "ks_2samp")["exceeded"] and result(area, "wasserstein")["effect_value"] == pytest.approx(0.5, abs=0.02)
+    assert result(column(shifted, "city"), "chi_square")["exceeded"]
+
+
+def test_without_training_data_numeric_columns_fall_back_to_the_reference_bins(setup, tmp_path, capsys):
+    root, reference, training, live = setup
+    code, rep, _ = report(capsys, tmp_path, "--reference", root / "reference.yaml", "--events", root / "drifted")
+    area = column(rep, "area")
+    assert code == 0 and area["comparison"] == "reference bins"
+    assert [t["test"] for t in area["tests"]] == ["ks_binned", "chi_square", "psi", "jensen_shannon"]
+    assert any("--training" in note and "Wasserstein not run" in note for note in area["notes"])
+    assert "Wasserstein not run" in (tmp_path / "out.html").read_text()
+
+    # D at the reference's edges, from the live values and the reference's cumulative shares
+    x, profile = live["1.1"]["area"], reference.features["area"]
+    live_cdf = [np.mean(x < e) for e in profile.edges[:-1]] + [np.mean(x <= profile.edges[-1])]
+    in_range = [profile.shares[label] for label in profile.bin_labels[:-4]]
+    reference_cdf = np.concatenate([[0.0], np.cumsum(in_range)])
+    binned = result(area, "ks_binned")["statistic"]
+    assert close(binned, np.max(np.abs(np.array(live_cdf) - reference_cdf)))
+    assert binned <= stats.ks_2samp(training["area"], x).statistic  # a lower bound of the raw D
+    assert rep["drifting"] == ["area", "city"]
+
+
+def test_fail_on_drift_sets_the_exit_code(setup, tmp_path, capsys):
+    root, *_ = setup
+    base = ["--reference", root / "reference.yaml", "--training", root / "train.csv", "--fail-on-drift"]
+    assert report(capsys, tmp_path, *base, "--events", root / "events")[0] == 1
+    code, rep, _ = report(capsys, tmp_path, *base, "--events", root / "clean")
+    assert code == 0 and rep["drifting"] == [] and rep["events"]["versions"] == {"1.0": 1500}
+    assert column(rep, "area")["groups"]["test"] is None  # one version: nothing to compare
+
+
+def test_segments_by_a_label_or_an_input(setup, tmp_path, capsys):
+    root, reference, _, live = setup
+    events = tmp_path / "events"
+    observe(events, reference, live["1.0"], "1.0", labels={"region": "eu"})
+    observe(events, reference, live["1.1"], "1.0", labels={"region": "us"})
+    args = ["--reference", root / "reference.yaml", "--events", events]
+    _, rep, _ = report(capsys, tmp_path, *args, "--segment", "labels.region")
+    groups = column(rep, "area")["groups"]
+    assert groups["field"] == "labels.region" and groups["sizes"] == {"eu": 1500, "us": 1500}
+    assert groups["differs"] and column(rep, "city")["groups"]["differs"]
+    assert not column(rep, "rooms")["groups"]["differs"]
+    _, rep, _ = report(capsys, tmp_path, *args, "--segment", "city")
+    assert set(column(rep, "area")["groups"]["sizes"]) == set(CITIES)
+
+
+def test_redacted_values_are_left_out_and_said_so(setup, tmp_path, capsys):
+    root, reference, _, live = setup
+    observe(tmp_path / "events", reference, live["1.0"], "1.0", redaction=Redaction(mask={"city"}))
+    _, rep, _ = report(capsys, tmp_path, "--reference", root / "reference.yaml", "--events", tmp_path / "events")
+    city = column(rep, "city")
+    assert city["redacted"] == 1500 and city["n"] == 0 and city["tests"] == []
+    assert any("redacted" in note for note in city["notes"]) and not city["drift"]
+
+
+def test_html_has_one_plot_per_column_and_no_external_asset(setup, tmp_path, capsys):
+    root, *_ = setup
+    main(["report", "--reference", str(root / "reference.yaml"), "--events", str(root / "events"),
+          "-o", str(tmp_path)])  # an existing directory: report.json and report.html inside
+    html = (tmp_path / "report.html").read_text()
+    assert html.count('<figure class="plot"') == 4 and html.count("<svg") == 4
+    assert "<script" not in html and "src=" not in html and "<link" not in html
+    assert json.loads((tmp_path / "report.json").read_text())["drifting"] == ["area", "city"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--reference", "missing.yaml"], "cannot read reference profile"),
+    (["--since", "2999-01-01"], "no prediction events of model 'house' since 2999-01-01"),
+    (["--since", "soon"], "--since: expected a duration"),
+    (["--training", "missing.csv"], "missing.csv"),
+])
+def test_usage_errors_exit_2_with_one_line(setup, tmp_path, capsys, args, message):
+    root, *_ = setup
+    base = {"--reference": str(root / "reference.yaml"), "--events": str(root / "events")}
+    for flag, value in zip(args[::2], args[1::2]):
+        base[flag] = value
+    code, _, err = report(capsys, tmp_path, *[x for pair in base.items() for x in pair])
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_reads_the_same_events_from_elasticsearch(setup, es, elastic, tmp_path, capsys):
+    root, *_ = setup
+    shipper = Shipper(es, ShipperConfig(root / "events", namespace=namespace(), state_dir=tmp_path / "state"))
+    while shipper.run_once():
+        pass
+    stream = shipper.config.data_stream
+    es.indices.refresh(index=stream)
+    args = ["--reference", root / "reference.yaml", "--training", root / "train.csv", "--since", "1h"]
+    _, from_file, _ = report(capsys, tmp_path, *args, "--events", root / "events")
+    _, from_es, _ = report(capsys, tmp_path, *args, "--events", elastic.url, "--es-index", stream)
+    for rep in (from_file, from_es):
+        del rep["generated_at"], rep["events"]["source"]
+    assert from_es == from_file and from_es["events"]["read"] == 3000
