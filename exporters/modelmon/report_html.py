@@ -62,7 +62,7 @@ def plot(column: Mapping[str, Any]) -> str:
         x = LEFT + GAP / 2 + i * step
         label = escape(b["label"])
         for offset, cls, share, who in ((0, "ref", b["reference"], "reference"), (BAR, live_class, b["live"], "live")):
-            parts.append(f'<rect class="{cls}" x="{x + offset:.1f}" y="{y(share):.1f}" width="{BAR}" '
+            parts.append(f'<rect class="bar {cls}" x="{x + offset:.1f}" y="{y(share):.1f}" width="{BAR}" '
                          f'height="{base - y(share):.1f}"><title>{label}: {who} {share:.2%}</title></rect>')
         short = label if len(b["label"]) <= 22 else escape(b["label"][:21]) + "…"
         parts.append(f'<text transform="translate({x + BAR:.1f},{base + 10}) rotate(-50)" text-anchor="end">{short}'
