@@ -133,8 +133,6 @@ def read_json(path: Path) -> dict:
 
 def ilm_policy(assets: Path, retention: str) -> dict:
     """The ILM request body with the delete phase at ``retention``."""
-    if not RETENTION.match(retention):
-        raise SetupError(f"retention {retention!r}: expected a number and a unit, like 30d or 12h")
     body = read_json(assets / "elasticsearch" / "ilm-policy.json")
     body["policy"]["phases"]["delete"]["min_age"] = retention
     return body
@@ -213,9 +211,15 @@ def run(args: argparse.Namespace) -> int:
         assets = Path(args.assets)
         if not (assets / "elasticsearch" / "index-template.json").is_file():
             raise SetupError(f"{assets} is not the elk/ asset directory (pass --assets)")
+        if not RETENTION.match(args.retention):
+            raise SetupError(f"retention {args.retention!r}: expected a number and a unit, like 30d or 12h")
         client = connect(args)
         wait_for_elasticsearch(client, args.wait)
-        done = install_elasticsearch(client, assets, args.retention)
+        es = elasticsearch_module()
+        try:
+            done = install_elasticsearch(client, assets, args.retention)
+        except (es.ApiError, es.TransportError) as exc:
+            raise SetupError(f"Elasticsearch refused the templates: {exc}") from exc
         if args.kibana_url:
             done.append(install_kibana(args.kibana_url, credentials(args), assets, args.wait, args.es_ca_certs))
     except SetupError as exc:
