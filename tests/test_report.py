@@ -97,7 +97,8 @@ def test_statistics_and_p_values_agree_with_scipy(setup, tmp_path, capsys):
     area = column(rep, "area")
     assert area["comparison"] == "raw training values"
     ks = stats.ks_2samp(training["area"], area_live)
-    assert close(result(area, "ks_2samp")["statistic"], ks.statistic) and close(result(area, "ks_2samp")["p_value"], ks.pvalue)
+    assert close(result(area, "ks_2samp")["statistic"], ks.statistic)
+    assert close(result(area, "ks_2samp")["p_value"], ks.pvalue)
     distance = stats.wasserstein_distance(training["area"], area_live)
     assert close(result(area, "wasserstein")["statistic"], distance)
     assert close(result(area, "wasserstein")["effect_value"], distance / np.std(training["area"], ddof=1))
@@ -164,7 +165,8 @@ def test_psi_and_jensen_shannon_floor_empty_shares_as_the_prometheus_rules(refer
     p, q = np.maximum(live, SHARE_FLOOR), np.maximum(ref, SHARE_FLOOR)
     assert close(result(city, "psi")["statistic"], np.sum((p - q) * np.log(p / q)))
     m = (p + q) / 2
-    assert close(result(city, "jensen_shannon")["statistic"], (np.sum(p * np.log(p / m)) + np.sum(q * np.log(q / m))) / 2)
+    js = (np.sum(p * np.log(p / m)) + np.sum(q * np.log(q / m))) / 2
+    assert close(result(city, "jensen_shannon")["statistic"], js)
     assert result(city, "psi")["statistic"] > 0.2 and rep["drifting"] == ["city"]
 
 
@@ -192,7 +194,8 @@ def test_at_100000_rows_drift_is_decided_on_effect_size():
     shifted = analyse(reference, _live(drifted_frame(100_000, seed=14)), training)
     assert shifted["drifting"] == ["area", "city"]
     area = column(shifted, "area")
-    assert result(area, "ks_2samp")["exceeded"] and result(area, "wasserstein")["effect_value"] == pytest.approx(0.5, abs=0.02)
+    assert result(area, "ks_2samp")["exceeded"]
+    assert result(area, "wasserstein")["effect_value"] == pytest.approx(0.5, abs=0.02)
     assert result(column(shifted, "city"), "chi_square")["exceeded"]
 
 
@@ -238,6 +241,21 @@ def test_segments_by_a_label_or_an_input(setup, tmp_path, capsys):
     assert not column(rep, "rooms")["groups"]["differs"]
     _, rep, _ = report(capsys, tmp_path, *args, "--segment", "city")
     assert set(column(rep, "area")["groups"]["sizes"]) == set(CITIES)
+
+
+def test_failed_predictions_are_left_out_as_the_metrics_leave_them_out(setup, tmp_path, capsys):
+    root, reference, _, live = setup
+    log = EventLog(tmp_path / "events")
+    monitor = ModelMonitor("house", "1.0", reference, registry=CollectorRegistry(), events=log)
+    for i in range(50):
+        row = {"area": 1e6, "rooms": 3.0, "city": "paris"}  # far out of range: would drift if counted
+        with pytest.raises(RuntimeError), monitor.track(row, prediction_id=f"failed-{i}"):
+            raise RuntimeError("model exploded")
+    log.close()
+    observe(tmp_path / "events", reference, live["1.0"], "1.0")
+    _, rep, _ = report(capsys, tmp_path, "--reference", root / "reference.yaml", "--events", tmp_path / "events")
+    assert rep["events"]["read"] == 1500 and rep["events"]["failed_left_out"] == 50
+    assert column(rep, "area")["n"] == column(rep, "price")["n"] == 1500 and rep["drifting"] == []
 
 
 def test_redacted_values_are_left_out_and_said_so(setup, tmp_path, capsys):

@@ -10,7 +10,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 import websocket
 from conftest import training_frame
@@ -168,7 +167,8 @@ def test_the_report_renders_one_plot_per_column_without_errors(browser, drift_re
     try:
         plots = json.loads(evaluate(page, PLOTS))
         assert page.problems(url) == []
-        assert [p["column"] for p in plots] == [c["name"] for c in report["columns"]] == ["area", "rooms", "city", "price"]
+        names = [c["name"] for c in report["columns"]]
+        assert [p["column"] for p in plots] == names == ["area", "rooms", "city", "price"]
         for plot, column in zip(plots, report["columns"]):
             assert plot["svgs"] == 1 and plot["width"] > 300 and plot["height"] > 200, plot
             occupied = sum(b["reference"] > 0 for b in column["bins"]) + sum(b["live"] > 0 for b in column["bins"])

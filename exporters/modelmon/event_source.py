@@ -11,7 +11,7 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -133,7 +133,6 @@ class EventStats:
     read: int = 0
     malformed: int = 0
     before_since: int = 0
-    files: list[str] = field(default_factory=list)
 
 
 def event_files(path: Path) -> list[Path]:
@@ -156,7 +155,6 @@ def read_files(path: Path, since: datetime | None, stats: EventStats) -> Iterato
     if not files:
         raise SourceError(f"{path}: no event files (predictions-*.jsonl) in this directory")
     for file in files:
-        stats.files.append(str(file))
         with open(file, encoding="utf-8") as handle:
             for line in handle:
                 try:
@@ -180,7 +178,8 @@ def elasticsearch_client(url: str) -> Any:
     try:
         from elasticsearch import Elasticsearch
     except ImportError:
-        raise SourceError("reading Elasticsearch needs the elasticsearch package: pip install 'modelmon[elastic]'") from None
+        raise SourceError("reading Elasticsearch needs the elasticsearch package: "
+                          "pip install 'modelmon[elastic]'") from None
     env = os.environ.get
     auth: dict[str, Any] = {}
     if env("ELASTICSEARCH_API_KEY"):

@@ -27,7 +27,16 @@ import numpy as np
 
 from . import drift
 from .bins import CategoricalBins, NumericBins, TextBins
-from .event_source import REDACTED, EventStats, add_source_arguments, field_value, json_ready, logged_value, parse_since, read_events
+from .event_source import (
+    REDACTED,
+    EventStats,
+    add_source_arguments,
+    field_value,
+    json_ready,
+    logged_value,
+    parse_since,
+    read_events,
+)
 from .reference import ColumnProfile, Reference, ReferenceFileError
 
 VERSION_FIELD = "modelmon.version"
@@ -42,15 +51,21 @@ class LiveData:
     group_field: str
     events: int = 0
     other_models: int = 0
+    failed: int = 0
     versions: Counter = field(default_factory=Counter)
 
 
 def live_data(events: Iterable[Mapping[str, Any]], reference: Reference, group_field: str = VERSION_FIELD) -> LiveData:
-    """Collect the reference's columns from events of the reference's model."""
+    """Collect the reference's columns from events of the reference's model. Failed
+    predictions are left out, as the monitor's metrics leave them out: no output, and
+    their inputs were never binned."""
     data = LiveData({name: [] for name in (*reference.features, *reference.outputs)}, [], group_field)
     for event in events:
         if event.get("modelmon.model", reference.model) != reference.model:
             data.other_models += 1
+            continue
+        if event.get("event.outcome") == "failure":
+            data.failed += 1
             continue
         data.events += 1
         data.versions[str(event.get("modelmon.version"))] += 1
@@ -88,7 +103,9 @@ def finite(values: Iterable[Any]) -> np.ndarray:
     return x[np.isfinite(x)]
 
 
-def _group_test(profile: ColumnProfile, values: list[Any], groups: list[str | None]) -> tuple[drift.TestResult | None, dict[str, int]]:
+def _group_test(profile: ColumnProfile, values: list[Any],
+                groups: list[str | None]) -> tuple[drift.TestResult | None, dict[str, int]]:
+    """The test across groups (versions or segments) with enough values, and every group's size."""
     by_group: dict[str, list[Any]] = {}
     for value, group in zip(values, groups):
         if group is not None:
@@ -184,7 +201,8 @@ def analyse(reference: Reference, live: LiveData, training: Mapping[str, np.ndar
         "reference": {"version": reference.version, "hash": reference.hash, "rows": reference.rows,
                       "trained_at": reference.trained_at.isoformat()},
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "events": {"read": live.events, "other_models": live.other_models, "versions": dict(live.versions)},
+        "events": {"read": live.events, "failed_left_out": live.failed, "other_models": live.other_models,
+                   "versions": dict(live.versions)},
         "method": {
             "rule": "a column drifts when an effect size reaches its threshold and one of its tests is "
                     f"significant at {drift.ALPHA} after the {drift.CORRECTION} correction over the whole report",

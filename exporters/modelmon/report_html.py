@@ -11,7 +11,8 @@ STEPS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.25)
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; padding: 0 1em; color: #222; }
 h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; }
-table { border-collapse: collapse; margin: .6em 0; } th, td { padding: .25em .7em; text-align: left; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: .6em 0; }
+th, td { padding: .25em .7em; text-align: left; border-bottom: 1px solid #ddd; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .badge { display: inline-block; padding: 0 .5em; border-radius: .8em; font-size: .85em; }
 .drift { background: #fde2e1; color: #a4161a; } .ok { background: #e3f4e1; color: #216e1f; }
@@ -55,8 +56,9 @@ def plot(column: Mapping[str, Any]) -> str:
     ]
     for i in range(5):
         share = top * i / 4
+        tick = f"{share:.{1 if step < 0.01 else 0}%}"
         parts.append(f'<line class="grid" x1="{LEFT}" x2="{width - 10}" y1="{y(share):.1f}" y2="{y(share):.1f}"/>'
-                     f'<text x="{LEFT - 6}" y="{y(share) + 4:.1f}" text-anchor="end">{share:.{1 if step < 0.01 else 0}%}</text>')
+                     f'<text x="{LEFT - 6}" y="{y(share) + 4:.1f}" text-anchor="end">{tick}</text>')
     base = TOP + PLOT_HEIGHT
     for i, b in enumerate(bins):
         x = LEFT + GAP / 2 + i * step
@@ -73,7 +75,8 @@ def plot(column: Mapping[str, Any]) -> str:
 
 def tests_table(tests: Sequence[Mapping[str, Any]]) -> str:
     rows = "".join(
-        f"<tr><td>{fmt(t['test'])}</td><td class=num>{fmt(t['statistic'])}</td><td class=num>{fmt(t['p_value'], '.3g')}</td>"
+        f"<tr><td>{fmt(t['test'])}</td><td class=num>{fmt(t['statistic'])}</td>"
+        f"<td class=num>{fmt(t['p_value'], '.3g')}</td>"
         f"<td class=num>{fmt(t['p_adjusted'], '.3g')}</td><td>{fmt(t['effect'])}</td>"
         f"<td class=num>{fmt(t['effect_value'])}</td><td class=num>{fmt(t['threshold'])}</td>"
         f"<td>{badge(t['exceeded'], 'over', 'under') if t['threshold'] is not None else '–'}</td></tr>"
@@ -132,10 +135,12 @@ def render(report: Mapping[str, Any]) -> str:
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head><body>'
         f"<h1>{title}</h1>"
         f"<p>Reference version {escape(ref['version'])} (hash {escape(ref['hash'])}, {ref['rows']} training rows). "
-        f"{events['read']} prediction events (versions {versions}); generated {escape(report['generated_at'])}.</p>"
+        f"{events['read']} prediction events (versions {versions}; {events['failed_left_out']} failed predictions "
+        f"left out); generated {escape(report['generated_at'])}.</p>"
         f"<p><strong>{len(drifting)} of {len(report['columns'])} columns drift"
         f"{': ' + escape(', '.join(drifting)) if drifting else ''}.</strong></p>"
         f"<p>Rule: {escape(method['rule'])}. Thresholds: {thresholds}. Shares floored at {method['share_floor']:g} "
-        f"for PSI, Jensen-Shannon and chi-square; columns with fewer than {method['min_sample']} values are not tested.</p>"
+        f"for PSI, Jensen-Shannon and chi-square; columns with fewer than {method['min_sample']} values "
+        "are not tested.</p>"
         f"{summary(report['columns'])}{''.join(column_section(c) for c in report['columns'])}</body></html>\n"
     )

@@ -29,11 +29,19 @@ import numpy as np
 
 from . import drift
 from .bins import category_key
-from .event_source import REDACTED, add_source_arguments, event_time, field_value, json_ready, logged_value, parse_since, read_events
+from .event_source import (
+    REDACTED,
+    add_source_arguments,
+    event_time,
+    field_value,
+    json_ready,
+    logged_value,
+    parse_since,
+    read_events,
+)
 
 INPUTS = "modelmon.inputs"
 EVENT_ID = "event.id"
-MISSING = None
 
 
 @dataclass
