@@ -148,9 +148,12 @@ def drift_report(tmp_path_factory) -> tuple[Path, dict]:
 
 PLOTS = """JSON.stringify([...document.querySelectorAll("figure.plot")].map(figure => {
   const svg = figure.querySelector("svg"), box = svg.getBoundingClientRect();
+  const bars = [...svg.querySelectorAll("rect.bar")].map(r => r.getBoundingClientRect());
   return {column: figure.dataset.column, svgs: figure.querySelectorAll("svg").length,
-          width: box.width, height: box.height, visible: box.bottom > 0 && box.right > 0,
-          bars: [...svg.querySelectorAll("rect.bar")].filter(r => r.getBBox().height > 0).length};
+          width: box.width, height: box.height,
+          bars: bars.filter(b => b.height > 0).length,
+          lefts: bars.map(b => b.left),
+          inside: bars.every(b => b.left >= box.left && b.right <= box.right && b.bottom <= box.bottom + 0.5)};
 }))"""
 
 
@@ -173,6 +176,8 @@ def test_the_report_renders_one_plot_per_column_without_errors(browser, drift_re
             assert plot["svgs"] == 1 and plot["width"] > 300 and plot["height"] > 200, plot
             occupied = sum(b["reference"] > 0 for b in column["bins"]) + sum(b["live"] > 0 for b in column["bins"])
             assert plot["bars"] == occupied, (plot, column["name"])
+            assert len(plot["lefts"]) == 2 * len(column["bins"]) and plot["inside"], plot
+            assert all(b - a >= 10 for a, b in zip(plot["lefts"], plot["lefts"][1:])), plot  # side by side
         assert evaluate(page, "document.title") == "Drift report: house"
         badges = evaluate(page, "[...document.querySelectorAll('h2 .badge')].map(b => b.textContent)")
         assert badges == ["drift" if c["drift"] else "no drift" for c in report["columns"]]

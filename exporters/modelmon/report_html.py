@@ -43,8 +43,8 @@ def plot(column: Mapping[str, Any]) -> str:
     width = LEFT + step * len(bins) + 20
     height = TOP + PLOT_HEIGHT + LABEL_ROOM
     highest = max((max(b["reference"], b["live"]) for b in bins), default=0.0)
-    step = next((s for s in STEPS if 4 * s >= highest), 0.25)
-    top = 4 * step
+    tick_step = next((s for s in STEPS if 4 * s >= highest), 0.25)
+    top = 4 * tick_step
     y = lambda share: TOP + PLOT_HEIGHT * (1 - share / top)  # noqa: E731
     live_class = "live drifting" if column.get("drift") else "live"
     parts = [
@@ -56,7 +56,7 @@ def plot(column: Mapping[str, Any]) -> str:
     ]
     for i in range(5):
         share = top * i / 4
-        tick = f"{share:.{1 if step < 0.01 else 0}%}"
+        tick = f"{share:.{1 if tick_step < 0.01 else 0}%}"
         parts.append(f'<line class="grid" x1="{LEFT}" x2="{width - 10}" y1="{y(share):.1f}" y2="{y(share):.1f}"/>'
                      f'<text x="{LEFT - 6}" y="{y(share) + 4:.1f}" text-anchor="end">{tick}</text>')
     base = TOP + PLOT_HEIGHT
