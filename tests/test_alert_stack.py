@@ -1,0 +1,98 @@
+"""The alert stack end to end: a drifting model service, Prometheus, Alertmanager.
+
+Real prometheus and prometheus-alertmanager run on loopback with the shipped
+configurations, only their addresses substituted, and the shipped rule files.
+Prometheus scrapes tests/fixtures/drift_service.py, whose sqft input has moved three
+training standard deviations; ModelmonFeatureDrift must go pending, then firing, and
+reach the data-science webhook with its runbook and dashboard links.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from servers import free_port, start_alertmanager, start_prometheus, start_webhook_receiver, wait_until
+
+REPO = Path(__file__).resolve().parents[1]
+SERVICE = REPO / "tests" / "fixtures" / "drift_service.py"
+RULE_FILES = sorted((REPO / "prometheus" / "rules").glob("*.yml"))
+TEMPLATES = sorted((REPO / "alertmanager" / "templates").glob("*.tmpl"))
+
+
+def substituted(path: Path, addresses: dict[str, str]) -> str:
+    """The file's text with addresses replaced; each must be there to replace."""
+    text = path.read_text()
+    for old, new in addresses.items():
+        assert old in text, f"{old} is not in {path}"
+        text = text.replace(old, new)
+    return text
+
+
+def metrics_served(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            return b"modelmon_feature_bin_total" in response.read()
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def drift_service(tmp_path):
+    port = free_port()
+    log = tmp_path / "drift_service.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, str(SERVICE), str(port)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: metrics_served(port) or process.poll() is not None, 60, "the drift service")
+        assert process.poll() is None, log.read_text()
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def drift_alert(alerts: list[dict]) -> dict | None:
+    return next((a for a in alerts if a["labels"]["alertname"] == "ModelmonFeatureDrift"
+                 and a["labels"]["severity"] == "critical" and a["labels"].get("feature") == "sqft"), None)
+
+
+@pytest.mark.timeout(480)
+def test_feature_drift_goes_pending_then_firing_and_reaches_the_webhook(drift_service):
+    with start_webhook_receiver() as sink:
+        am_config = substituted(REPO / "alertmanager" / "alertmanager.yml", {"alert-sink:9099": sink.address})
+        with start_alertmanager(am_config, TEMPLATES) as am:
+            prom_config = substituted(REPO / "prometheus" / "prometheus.yml",
+                                      {"demo:8000": drift_service, "alertmanager:9093": am.address})
+            with start_prometheus(prom_config, RULE_FILES) as prom:
+                states = []
+
+                def firing(prom):
+                    found = drift_alert(prom.alerts())
+                    if found and (not states or states[-1] != found["state"]):
+                        states.append(found["state"])
+                    return found if found and found["state"] == "firing" else None
+
+                started = time.monotonic()
+                alert = prom.wait_for(firing, timeout=360)
+                assert states == ["pending", "firing"]
+                print(f"ModelmonFeatureDrift firing after {time.monotonic() - started:.0f}s")
+
+                psi = {s["metric"]["feature"]: float(s["value"][1])
+                       for s in prom.query('model_feature:modelmon_feature_bin:psi_1h{model="drift-demo"}')}
+                assert psi["sqft"] >= 0.2 and psi["zone"] < 0.1  # only the shifted input drifted
+                assert alert["labels"]["version"] == "1.0.0"
+
+                delivery = sink.wait_for(lambda d: d.path == "/data-science" and drift_alert(d.body["alerts"]), 120)
+                assert delivery.body["receiver"] == "data-science"
+                sent = drift_alert(delivery.body["alerts"])
+                runbook = sent["annotations"]["runbook_url"]
+                assert runbook == "https://github.com/modelmon/modelmon/blob/main/docs/runbooks/ModelmonFeatureDrift.md"
+                assert (REPO / runbook.split("/blob/main/")[1]).is_file()
+                assert sent["annotations"]["dashboard_url"] == (
+                    "http://localhost:3000/d/modelmon-data/model-data?var-model=drift-demo&var-version=1.0.0")
+                assert "feature sqft of drift-demo 1.0.0" in sent["annotations"]["description"]
