@@ -19,8 +19,16 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-bench: venv
+BENCH_VENV := benchmarks/.venv
+
+# make bench BENCH_ARGS=--quick for a shorter run; docs/benchmarks.md is rewritten either way.
+bench: venv $(BENCH_VENV)/.installed
 	$(BIN)/python benchmarks/bench_observe.py
+	$(BENCH_VENV)/bin/python benchmarks/run_all.py $(BENCH_ARGS)
+
+$(BENCH_VENV)/.installed: benchmarks/requirements.txt benchmarks/setup.sh pyproject.toml
+	PYTHON=$(PYTHON) benchmarks/setup.sh
+	touch $@
 
 clean:
 	rm -rf $(VENV) .pytest_cache
