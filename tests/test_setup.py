@@ -40,6 +40,18 @@ def test_setup_twice_succeeds_and_leaves_the_same_templates(elastic, es, capsys)
     assert simulated["mappings"]["properties"]["modelmon"]["properties"]["inputs"]["type"] == "flattened"
 
 
+def test_site_changes_in_the_custom_component_survive_setup(elastic, es, capsys):
+    custom = {"mappings": {"properties": {"modelmon": {"properties": {"inputs": {"type": "flattened", "index": False}}}}}}
+    es.cluster.put_component_template(name="modelmon-predictions@custom", template=custom)
+    try:
+        assert setup(capsys, "--es-url", elastic.url, "--wait", "30")[0] == 0
+        assert es.cluster.get_component_template(name="modelmon-predictions@custom")["component_templates"]
+        simulated = es.indices.simulate_index_template(name="logs-modelmon.predictions-x")["template"]
+        assert simulated["mappings"]["properties"]["modelmon"]["properties"]["inputs"]["index"] is False
+    finally:
+        es.cluster.delete_component_template(name="modelmon-predictions@custom")
+
+
 def test_kibana_that_does_not_answer_fails_clearly(elastic, capsys):
     url = f"http://127.0.0.1:{free_port()}"
     code, _, err = setup(capsys, "--es-url", elastic.url, "--kibana-url", url, "--wait", "2")

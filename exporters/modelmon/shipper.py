@@ -32,6 +32,7 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from fnmatch import fnmatch
@@ -95,6 +96,7 @@ class ShipperConfig:
     state_dir: Path | None = None  # registry and dead letters; default <events_dir>/.modelmon-shipper
     batch_size: int = 2000  # documents per bulk request
     batch_bytes: int = 8 << 20  # bytes per bulk request
+    in_flight: int = 2  # bulk requests sent and not yet acknowledged
     poll_interval: float = 0.5  # seconds between looks at idle files
     initial_backoff: float = 0.5
     max_backoff: float = 30.0
@@ -204,7 +206,7 @@ class Shipper:
         self.files: dict[tuple[int, int], Tracked] = {}
         self._recovered: dict[tuple[int, int], dict] = {}
         self._ready = False
-        self._in_flight: tuple[Batch, _Request] | None = None
+        self._in_flight: deque[tuple[Batch, _Request]] = deque()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._server = None
@@ -261,8 +263,8 @@ class Shipper:
         until it is acknowledged), then send the new one. Returns the number of lines read
         (0: idle, and nothing in flight any more).
 
-        One bulk request is in flight while the next batch is read and parsed, so Python's
-        work overlaps Elasticsearch's.
+        Up to ``in_flight`` bulk requests run while the next batch is read and parsed, so
+        Python's work overlaps Elasticsearch's and Elasticsearch uses more than one core.
         """
         if not self._ready:
             self.config.state_dir.mkdir(parents=True, exist_ok=True)
@@ -270,23 +272,23 @@ class Shipper:
             self._ready = True
         self._scan()
         batch = self._read_batch()
-        if self._in_flight is not None:
-            previous, request = self._in_flight
+        # Oldest first, so offsets only ever move forward; all of them before a batch with
+        # nothing to send (idle, or only blank and corrupt lines) is committed.
+        while self._in_flight and (len(self._in_flight) >= self.config.in_flight or not batch.docs):
+            previous, request = self._in_flight.popleft()
             request.join()
-            self._in_flight = None
             self._deliver(previous, request.outcome)
             self._commit(previous)
         if batch.docs:
-            self._in_flight = (batch, self._send_async(batch))
+            self._in_flight.append((batch, self._send_async(batch)))
         elif batch.ends:
-            self._commit(batch)  # blank or corrupt lines only
+            self._commit(batch)  # blank or corrupt lines only, nothing in flight
         return len(batch.docs) + batch.corrupt or (1 if batch.ends else 0)
 
     def _rewind(self) -> None:
         """Forget the batch in flight: the next read starts at the acknowledged offsets."""
-        if self._in_flight is not None:
-            self._in_flight[1].join()
-            self._in_flight = None
+        while self._in_flight:
+            self._in_flight.popleft()[1].join()
         for tracked in self.files.values():
             tracked.read_to = tracked.offset
 
