@@ -282,6 +282,7 @@ def test_html_has_one_plot_per_column_and_no_external_asset(setup, tmp_path, cap
     (["--since", "2999-01-01"], "no prediction events of model 'house' since 2999-01-01"),
     (["--since", "soon"], "--since: expected a duration"),
     (["--training", "missing.csv"], "missing.csv"),
+    (["--events", "http://127.0.0.1:9"], "cannot read logs-modelmon.predictions-*: Connection error"),
 ])
 def test_usage_errors_exit_2_with_one_line(setup, tmp_path, capsys, args, message):
     root, *_ = setup
