@@ -170,6 +170,23 @@ def test_psi_and_jensen_shannon_floor_empty_shares_as_the_prometheus_rules(refer
     assert result(city, "psi")["statistic"] > 0.2 and rep["drifting"] == ["city"]
 
 
+def test_text_columns_are_compared_on_their_token_count_bins():
+    rng = np.random.default_rng(1)
+    words = ["big", "house", "garden", "old", "new", "near", "park"]
+
+    def notes(n: int, shortest: int, longest: int) -> np.ndarray:
+        return np.array([" ".join(rng.choice(words, rng.integers(shortest, longest))) for _ in range(n)], dtype=object)
+
+    training = {**training_frame(2000), "note": notes(2000, 1, 8)}
+    reference = Reference.from_data(training, model="house", version="1.0", prediction="price", text=["note"])
+    for longest, drifts in ((8, False), (15, True)):
+        frame = {**training_frame(1000, seed=3), "note": notes(1000, 1, longest)}
+        live = LiveData({k: frame[k].tolist() for k in frame}, ["1.0"] * 1000, "modelmon.version", events=1000)
+        note = column(analyse(reference, live), "note")
+        assert note["kind"] == "text" and [t["test"] for t in note["tests"]] == ["chi_square", "psi", "jensen_shannon"]
+        assert note["drift"] is drifts
+
+
 def _live(frame: dict, version: str = "1.0") -> LiveData:
     n = len(frame["price"])
     return LiveData({k: frame[k].tolist() for k in ("area", "rooms", "city", "price")}, [version] * n,
