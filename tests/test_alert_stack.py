@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from servers import free_port, start_alertmanager, start_prometheus, start_webhook_receiver, wait_until
+from servers import (INSTALL_HINT, binary, free_port, start_alertmanager, start_prometheus,
+                     start_webhook_receiver, wait_until)
 
 REPO = Path(__file__).resolve().parents[1]
 SERVICE = REPO / "tests" / "fixtures" / "drift_service.py"
@@ -96,3 +97,10 @@ def test_feature_drift_goes_pending_then_firing_and_reaches_the_webhook(drift_se
                 assert sent["annotations"]["dashboard_url"] == (
                     "http://localhost:3000/d/modelmon-data/model-data?var-model=drift-demo&var-version=1.0.0")
                 assert "feature sqft of drift-demo 1.0.0" in sent["annotations"]["description"]
+
+
+def test_a_missing_binary_fails_the_test_naming_the_packages():
+    with pytest.raises(pytest.fail.Exception) as failure:
+        binary("prometheus-that-is-not-installed")
+    assert INSTALL_HINT in str(failure.value)
+    assert INSTALL_HINT == "apt-get install prometheus prometheus-alertmanager"

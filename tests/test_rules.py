@@ -191,6 +191,12 @@ def test_rules_read_only_metrics_the_package_exports():
     assert {"modelmon_feature_bin_total", "modelmon_reference_bin_ratio", "up"} <= used  # the check sees names
 
 
+def test_recording_rules_sum_over_replicas_and_workers():
+    for rule in all_rules():
+        if "record" in rule and metric_names(rule["expr"]) & exported_samples():
+            assert "without(instance, pod, pid" in rule["expr"], rule["record"]
+
+
 def test_recording_rule_names_follow_the_scheme():
     bases = {spec.name for spec in CONTRACT} | exported_samples()
     for name in recorded_names():
