@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 from fnmatch import fnmatch
-from pathlib import Path
 
 import pytest
 from elastic import ROOT, elastic, es, namespace, write_events  # noqa: F401 (fixtures)
@@ -87,7 +86,8 @@ def test_objects_fit_the_kibana_8_19_import_format():
     for panel in panels(dashboard):
         grid = panel["gridData"]
         assert grid["i"] == panel["panelIndex"] and grid["x"] + grid["w"] <= 48
-        area = {(x, y) for x in range(grid["x"], grid["x"] + grid["w"]) for y in range(grid["y"], grid["y"] + grid["h"])}
+        columns, rows = range(grid["x"], grid["x"] + grid["w"]), range(grid["y"], grid["y"] + grid["h"])
+        area = {(x, y) for x in columns for y in rows}
         assert not cells & area, f"panel {panel['panelIndex']} overlaps another"
         cells |= area
     (view,) = of_type("index-pattern")

@@ -41,7 +41,8 @@ def test_setup_twice_succeeds_and_leaves_the_same_templates(elastic, es, capsys)
 
 
 def test_site_changes_in_the_custom_component_survive_setup(elastic, es, capsys):
-    custom = {"mappings": {"properties": {"modelmon": {"properties": {"inputs": {"type": "flattened", "index": False}}}}}}
+    inputs = {"type": "flattened", "index": False}
+    custom = {"mappings": {"properties": {"modelmon": {"properties": {"inputs": inputs}}}}}
     es.cluster.put_component_template(name="modelmon-predictions@custom", template=custom)
     try:
         assert setup(capsys, "--es-url", elastic.url, "--wait", "30")[0] == 0
@@ -92,7 +93,8 @@ class FakeKibana(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         url = urlparse(self.path)
-        self.requests.append({"path": url.path, "query": parse_qs(url.query), "headers": dict(self.headers), "body": body})
+        request = {"path": url.path, "query": parse_qs(url.query), "headers": dict(self.headers), "body": body}
+        self.requests.append(request)
         self._reply(self.answer)
 
     def _reply(self, payload: dict) -> None:

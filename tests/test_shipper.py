@@ -98,16 +98,16 @@ def wait_until(condition, timeout: float, what: str):
 
 
 def start_shipper(events: Path, state: Path, ns: str, url: str, port: int) -> subprocess.Popen:
-    log = open(state.parent / f"shipper-{time.monotonic_ns()}.log", "wb")
+    log = state.parent / f"shipper-{time.monotonic_ns()}.log"
     command = [
         sys.executable, "-m", "modelmon.cli", "ship", str(events), "--namespace", ns, "--state-dir", str(state),
         "--es-url", url, "--metrics-port", str(port), "--metrics-addr", "127.0.0.1", "--max-backoff", "1",
     ]  # fmt: skip
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    log.close()
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
 
     def up():
-        assert process.poll() is None, Path(log.name).read_text()[-3000:]
+        assert process.poll() is None, log.read_text()[-3000:]
         try:
             return scrape(port)
         except OSError:

@@ -52,13 +52,13 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--es-url", default=env("ELASTICSEARCH_URL"), help="default: $ELASTICSEARCH_URL")
     group.add_argument("--es-username", default=env("ELASTICSEARCH_USERNAME"), help="default: $ELASTICSEARCH_USERNAME")
     group.add_argument(
-        "--es-password", default=env("ELASTICSEARCH_PASSWORD"), help="default: $ELASTICSEARCH_PASSWORD (prefer the variable)"
+        "--es-password", default=env("ELASTICSEARCH_PASSWORD"), help="default (and better): $ELASTICSEARCH_PASSWORD"
     )
     group.add_argument(
         "--es-api-key", default=env("ELASTICSEARCH_API_KEY"), help="encoded API key; default: $ELASTICSEARCH_API_KEY"
     )
     group.add_argument(
-        "--es-ca-certs", default=env("ELASTICSEARCH_CA_CERTS"), help="CA bundle for https; default: $ELASTICSEARCH_CA_CERTS"
+        "--es-ca-certs", default=env("ELASTICSEARCH_CA_CERTS"), help="CA bundle; default: $ELASTICSEARCH_CA_CERTS"
     )
 
 
@@ -96,7 +96,7 @@ def wait_for(what: str, probe: Callable[[], object], timeout: float, interval: f
             return
         except SetupError:
             raise
-        except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
+        except Exception as exc:  # any failure means "not ready yet"
             if time.monotonic() >= deadline:
                 raise SetupError(f"{what} did not answer within {timeout:g}s: {exc}") from exc
         time.sleep(interval)

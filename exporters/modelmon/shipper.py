@@ -61,7 +61,7 @@ SHIPPER_CONTRACT: tuple[MetricSpec, ...] = (
         "modelmon_shipper_documents_retried", "counter", (), "Event sends repeated after a transient failure."
     ),
     MetricSpec(
-        "modelmon_shipper_documents_corrupt", "counter", (), "Lines that are not a JSON object, sent to the dead letters."
+        "modelmon_shipper_documents_corrupt", "counter", (), "Lines not a JSON object, sent to the dead letters."
     ),
     MetricSpec(
         "modelmon_shipper_lost_bytes", "counter", (), "Bytes of event files deleted or truncated before being shipped."
@@ -242,7 +242,7 @@ class Shipper:
                     failures = 0
                 except _Stopped:
                     raise
-                except Exception:  # noqa: BLE001 - read again from the acknowledged offsets
+                except Exception:  # read again from the acknowledged offsets
                     log.exception("shipping failed; retrying")
                     self._rewind()
                     failures += 1
@@ -395,12 +395,12 @@ class Shipper:
                 self._adopt(key, path, st)
                 continue
             tracked.path, tracked.mtime, tracked.gone = path, st.st_mtime, False
-            if tracked.fd is None and st.st_size != tracked.size:
-                if not self._open(tracked) or fingerprint(tracked.fd, tracked.fp_len) != tracked.fp:
-                    self._close(tracked)  # a new file on a reused inode: start it afresh
-                    del self.files[key]
-                    self._adopt(key, path, st)
-                    continue
+            reopened = tracked.fd is None and st.st_size != tracked.size
+            if reopened and (not self._open(tracked) or fingerprint(tracked.fd, tracked.fp_len) != tracked.fp):
+                self._close(tracked)  # a new file on a reused inode: start it afresh
+                del self.files[key]
+                self._adopt(key, path, st)
+                continue
             if st.st_size < tracked.offset:
                 self._lose(path, tracked.size - tracked.offset, "truncated before it was shipped")
                 tracked.offset, tracked.read_to, tracked.fp_len, tracked.fp = 0, 0, 0, ""
@@ -465,7 +465,8 @@ class Shipper:
             if newline >= 0:
                 end = scan + newline + 1
                 head = os.pread(tracked.fd, 200, position)
-                self._dead(batch, "corrupt", f"line of {end - position - 1} bytes, over {READ_BYTES}", head, tracked, position)
+                reason = f"line of {end - position - 1} bytes, over {READ_BYTES}"
+                self._dead(batch, "corrupt", reason, head, tracked, position)
                 batch.corrupt += 1
                 return end
             if len(chunk) < READ_BYTES:
@@ -621,7 +622,7 @@ def run(args: argparse.Namespace) -> int:
     if args.metrics_port is not None:
         start_http_server(args.metrics_port, args.metrics_addr, registry=shipper.registry)
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: shipper._stop.set())
+        signal.signal(signum, lambda *_: shipper.stop())
     log.info("shipping %s/%s to %s", config.events_dir, PATTERN, config.data_stream)
     shipper.run()
     return 0
