@@ -12,6 +12,8 @@
 # Environment: ES_VERSION (default: elk/VERSION), ES_CACHE_DIR (default: .cache/elasticsearch
 # in the repository), ES_USER (default: modelmon-es, used when run as root), ES_HEAP (512m),
 # ES_START_TIMEOUT (seconds, 180), ES_JAVA_HOME (default: the JDK of `java` on PATH).
+# When run as root from a checkout that user cannot read (a parent directory closed to
+# others), the distribution is also copied to /var/cache/modelmon.
 #
 # Security is off in these throwaway nodes (loopback only, deleted after the tests);
 # docker-compose.yml runs Elasticsearch and Kibana with security on.
@@ -25,6 +27,7 @@ HEAP="${ES_HEAP:-512m}"
 TIMEOUT="${ES_START_TIMEOUT:-180}"
 ARTIFACT="org.elasticsearch.distribution.integ-test-zip:elasticsearch:$VERSION:zip"
 HOME_DIR="$CACHE/elasticsearch-$VERSION"
+SHARED_HOME="/var/cache/modelmon/elasticsearch-$VERSION"
 
 die() { echo "elasticsearch.sh: $*" >&2; exit 1; }
 
@@ -83,9 +86,24 @@ install() {
   if [ "$(id -u)" -eq 0 ] && ! id "$ES_USER" >/dev/null 2>&1; then
     useradd --system --no-create-home --shell /usr/sbin/nologin "$ES_USER"
   fi
-  as_es test -x "$HOME_DIR/bin/elasticsearch" \
-    || die "user $ES_USER cannot reach $HOME_DIR (a parent directory is not world-searchable); set ES_CACHE_DIR to a path it can read"
-  echo "$HOME_DIR"
+  if ! as_es test -x "$HOME_DIR/bin/elasticsearch" 2>/dev/null && [ "$(id -u)" -eq 0 ]; then
+    rm -rf "$SHARED_HOME"
+    mkdir -p "$(dirname "$SHARED_HOME")"
+    cp -a "$HOME_DIR" "$SHARED_HOME"
+    chmod a+rX "$(dirname "$SHARED_HOME")"
+  fi
+  es_home || die "user $ES_USER cannot read $HOME_DIR; set ES_CACHE_DIR to a directory it can read"
+}
+
+es_home() {  # the unpacked distribution the unprivileged user can run, if any
+  local home
+  for home in "$HOME_DIR" "$SHARED_HOME"; do
+    if [ -x "$home/bin/elasticsearch" ] && as_es test -x "$home/bin/elasticsearch" 2>/dev/null; then
+      echo "$home"
+      return 0
+    fi
+  done
+  return 1
 }
 
 free_port() {
@@ -97,8 +115,8 @@ running() {  # the node of DIR is alive
 }
 
 start() {
-  local dir="${1:?usage: start DIR [PORT]}" port="${2:-}"
-  [ -x "$HOME_DIR/bin/elasticsearch" ] \
+  local dir="${1:?usage: start DIR [PORT]}" port="${2:-}" home
+  home="$(es_home)" \
     || die "Elasticsearch $VERSION is not installed in $CACHE: run 'make deps' (or scripts/elasticsearch.sh install)"
   local jdk
   jdk="$(java_home)" || die "no java found: run 'make deps'"
@@ -107,7 +125,7 @@ start() {
     if [ -s "$dir/port" ]; then port="$(cat "$dir/port")"; else port="$(free_port)"; fi
   fi
   mkdir -p "$dir/config" "$dir/data" "$dir/logs" "$dir/tmp"
-  cp "$HOME_DIR/config/jvm.options" "$HOME_DIR/config/log4j2.properties" "$dir/config/"
+  cp "$home/config/jvm.options" "$home/config/log4j2.properties" "$dir/config/"
   cat >"$dir/config/elasticsearch.yml" <<EOF
 cluster.name: modelmon-test
 node.name: node-1
@@ -125,7 +143,7 @@ EOF
   if [ "$(id -u)" -eq 0 ]; then chown -R "$ES_USER" "$dir"; chmod 0755 "$dir"; fi
   as_es env ES_JAVA_HOME="$jdk" ES_PATH_CONF="$dir/config" ES_TMPDIR="$dir/tmp" \
     ES_JAVA_OPTS="-Xms$HEAP -Xmx$HEAP" \
-    "$HOME_DIR/bin/elasticsearch" -d -p "$dir/es.pid" >"$dir/logs/stdout.log" 2>&1 \
+    "$home/bin/elasticsearch" -d -p "$dir/es.pid" >"$dir/logs/stdout.log" 2>&1 \
     || { tail -n 40 "$dir/logs/stdout.log" "$dir/logs/modelmon-test.log" >&2 2>/dev/null; die "start failed"; }
   local url="http://127.0.0.1:$port" deadline=$((SECONDS + TIMEOUT))
   until curl -sf "$url/_cluster/health?wait_for_status=yellow&timeout=1s" >/dev/null 2>&1; do
@@ -156,6 +174,6 @@ case "${1:-}" in
   install) install ;;
   start) shift; start "$@" ;;
   stop) shift; stop "$@" ;;
-  home) [ -x "$HOME_DIR/bin/elasticsearch" ] || die "not installed: run 'make deps'"; echo "$HOME_DIR" ;;
+  home) es_home || die "Elasticsearch $VERSION is not installed: run 'make deps'" ;;
   *) die "usage: $0 install | start DIR [PORT] | stop DIR | home" ;;
 esac
