@@ -2,7 +2,8 @@
 
 One node per test session, started on loopback by ``scripts/elasticsearch.sh`` (as an
 unprivileged user when the tests run as root). Use the fixtures ``elastic`` (the node:
-``url``, ``stop()``, ``start()``) and ``es`` (a client); tests/conftest.py imports them.
+``url``, ``stop()``, ``start()``) and ``es`` (a client with the templates installed): import
+them into a test module or conftest.py; the node is shared however many modules do.
 Each test ships into its own namespace, so data streams never collide.
 """
 from __future__ import annotations
@@ -41,9 +42,7 @@ class ElasticNode:
         self.running = False
 
     def _script(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [str(SCRIPT), *args], capture_output=True, text=True, timeout=300, check=False
-        )
+        return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=300, check=False)
 
     def start(self) -> None:
         """Start the node (no-op if it runs) and wait until it is healthy."""
@@ -75,8 +74,13 @@ def node() -> ElasticNode:
         home = subprocess.run([str(SCRIPT), "home"], capture_output=True, text=True, check=False)
         if home.returncode != 0:
             pytest.fail(f"Elasticsearch is not installed: {INSTALL_HINT}")
-        _node = ElasticNode()
-        _node.start()
+        started = ElasticNode()
+        try:
+            started.start()
+        except BaseException:
+            started.remove()
+            raise
+        _node = started
     return _node
 
 
