@@ -138,7 +138,7 @@ def fingerprint(fd: int, length: int) -> str:
 class Batch:
     """Lines read for one bulk request, and where each file stands once it is acknowledged."""
 
-    docs: list[tuple[dict, bytes, str, int]] = field(default_factory=list)  # (action, line, path, offset)
+    docs: list[tuple[bytes, bytes, str, int]] = field(default_factory=list)  # (action, line, path, offset)
     timestamps: list[object] = field(default_factory=list)
     dead: list[dict] = field(default_factory=list)
     ends: dict[tuple[int, int], int] = field(default_factory=dict)
@@ -203,6 +203,8 @@ class Shipper:
         self.metrics["lag_seconds"].set_function(lambda: time.time() - self._last_event if self._last_event else 0.0)
         self.registry_path = config.state_dir / "registry.json"
         self.dead_letter_path = config.state_dir / "dead-letter.jsonl"
+        # The bulk action line, serialized once: only the _id changes.
+        self._action_prefix = b'{"create":{"_index":' + json.dumps(config.data_stream).encode() + b',"_id":'
         self.files: dict[tuple[int, int], Tracked] = {}
         self._recovered: dict[tuple[int, int], dict] = {}
         self._ready = False
@@ -488,7 +490,7 @@ class Shipper:
         event_id = doc.get("event.id")
         if not isinstance(event_id, str) or not event_id:
             event_id = hashlib.sha1(line).hexdigest()  # deterministic, so a resend is still a duplicate
-        action = {"create": {"_index": self.config.data_stream, "_id": event_id}}
+        action = self._action_prefix + json.dumps(event_id).encode() + b"}}"
         batch.docs.append((action, line, tracked.path, offset))
         batch.timestamps.append(doc.get("@timestamp"))
         batch.size += len(line) + 100
@@ -525,6 +527,7 @@ class Shipper:
                 raise_on_error=False,
                 raise_on_exception=True,
                 max_retries=0,
+                filter_path="items.*.status,items.*.error",
             ):
                 results.append(item["create"])
         except (es.ApiError, es.TransportError) as exc:
@@ -543,8 +546,11 @@ class Shipper:
         attempt = 0
         while True:
             results, error = outcome
-            retry = [i for i, result in zip(pending, results) if not self._settle(batch, i, result)]
+            outcomes = {"documents_indexed": 0, "documents_duplicate": 0, "documents_rejected": 0}
+            retry = [i for i, result in zip(pending, results) if not self._settle(batch, i, result, outcomes)]
             retry += pending[len(results):]
+            for name, n in outcomes.items():
+                self.metrics[name].inc(n)
             if not retry:
                 return
             if error is not None:
@@ -559,13 +565,13 @@ class Shipper:
             pending = retry
             outcome = self._send(batch, pending)
 
-    def _settle(self, batch: Batch, index: int, result: dict) -> bool:
-        """Count one document's result; False if it must be sent again."""
+    def _settle(self, batch: Batch, index: int, result: dict, outcomes: dict[str, int]) -> bool:
+        """Count one document's result in ``outcomes``; False if it must be sent again."""
         status = result.get("status", 500)
         if 200 <= status < 300:
-            self.metrics["documents_indexed"].inc()
+            outcomes["documents_indexed"] += 1
         elif status == DUPLICATE:
-            self.metrics["documents_duplicate"].inc()
+            outcomes["documents_duplicate"] += 1
         elif status in RETRIED_4XX or status >= 500:
             return False
         else:
@@ -575,7 +581,7 @@ class Shipper:
                 batch, "rejected", str(error.get("reason", error)), line, path, offset,
                 status=status, error_type=error.get("type"),
             )  # fmt: skip
-            self.metrics["documents_rejected"].inc()
+            outcomes["documents_rejected"] += 1
         return True
 
     def _commit(self, batch: Batch) -> None:
