@@ -3,10 +3,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test deps venv bench clean
+.PHONY: test demo deps venv bench clean
 
 test: deps venv
 	$(BIN)/pytest
+
+demo: deps venv
+	$(BIN)/python -m demo.stack
 
 deps:
 	scripts/install-deps.sh
@@ -16,7 +19,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,demo]'
 	touch $@
 
 BENCH_VENV := benchmarks/.venv

@@ -23,10 +23,11 @@ class Ports:
     demo: int = 8000
     prometheus: int = 9090
     alertmanager: int = 9093
+    alert_sink: int = 9099
 
     @classmethod
     def free(cls) -> "Ports":
-        return cls(free_port(), free_port(), free_port())
+        return cls(free_port(), free_port(), free_port(), free_port())
 
 
 class NativeStack:
@@ -41,7 +42,7 @@ class NativeStack:
         """Compose service address -> native address."""
         p = self.ports
         return {"demo:8000": f"127.0.0.1:{p.demo}", "alertmanager:9093": f"127.0.0.1:{p.alertmanager}",
-                "prometheus:9090": f"127.0.0.1:{p.prometheus}"}
+                "prometheus:9090": f"127.0.0.1:{p.prometheus}", "alert-sink:9099": f"127.0.0.1:{p.alert_sink}"}
 
     def url(self, service: str) -> str:
         return f"http://127.0.0.1:{getattr(self.ports, service)}"
@@ -49,6 +50,7 @@ class NativeStack:
     def start(self) -> "NativeStack":
         try:
             self.launch(self.demo_service())
+            self.launch(self.alert_sink())
             self.launch(self.alertmanager())
             self.launch(self.prometheus())
         except BaseException:
@@ -74,6 +76,13 @@ class NativeStack:
             ready_url=f"{self.url('demo')}/healthz", log=self.workdir / "logs" / "demo.log",
             env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "MODELMON_EVENTS_DIR": str(self.workdir / "events"),
                  "MODELMON_OUTCOMES": str(self.workdir / "outcomes.sqlite")},
+        )
+
+    def alert_sink(self) -> Process:
+        return Process(
+            "alert-sink", [sys.executable, "-m", "demo.alert_sink", "--host", "127.0.0.1",
+                           "--port", str(self.ports.alert_sink)],
+            ready_url=self.url("alert_sink"), log=self.workdir / "logs" / "alert-sink.log",
         )
 
     def prometheus(self) -> Process:
@@ -124,6 +133,7 @@ modelmon demo is up ({args.scenario} traffic, {args.rate:g} requests/s); Ctrl-C 
   model service   {stack.url('demo')}/metrics   (POST /predict, POST /feedback)
   Prometheus      {stack.url('prometheus')}/alerts   and /graph, e.g. model_feature:modelmon_feature_bin:psi_1h
   Alertmanager    {stack.url('alertmanager')}
+  notifications   {stack.url('alert_sink')}   (where Alertmanager's receivers post)
   logs            {args.workdir / 'logs'}, prediction events in {args.workdir / 'events'}
 Another scenario, in a second terminal: .venv/bin/python -m demo.traffic drift   (see demo/traffic.py)
 """, flush=True)

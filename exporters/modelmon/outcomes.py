@@ -163,6 +163,9 @@ class OutcomeTracker:
         self.model, self.version, self.categorical = model, version, categorical
         self.store = store
         self._metrics, self._errors = metrics, errors
+        metrics["outcomes"].labels(model, version)  # at 0 from the start: accuracy exists before a first hit
+        if categorical:
+            metrics["outcomes_correct"].labels(model, version)
 
     def _encode(self, value: Any) -> Any:
         if self.categorical:
