@@ -85,7 +85,7 @@ def main() -> None:
         f"Windows of {' and '.join(f'{n:,}' for n in sizes)} rows x 21 values (20 features, one prediction), "
         "the same window for every contender, against the same 20,000-row reference; median of "
         f"{'3' if args.quick else '7 (3 at 100,000 rows)'} interleaved rounds after a warm-up.\n\n"
-        + table(["rows", "per window", "us per value", "ms per window", "cost relative to modelmon"], rows_md)
+        + table(["rows", "contender", "us per value", "ms per window", "cost relative to modelmon"], rows_md)
         + "\n\nRatios are to modelmon given the DataFrame. They do different work: modelmon and whylogs "
         "summarise the window (modelmon into counts per reference bin, whylogs into sketches), while "
         "Evidently and alibi-detect run the drift tests themselves. modelmon leaves the drift arithmetic "

@@ -63,7 +63,7 @@ def main() -> None:
         f"A 20-feature row (15 numeric, 5 categorical) plus one numeric prediction; median of {rounds} "
         "interleaved rounds after a warm-up, on the same rows (2,000 per round for modelmon and "
         f"prometheus-client, {small} and {small * 10} for the two whylogs calls).\n\n"
-        + table(["per row", "median us", "cost relative to modelmon"], rows_md)
+        + table(["contender", "us per row (median)", "cost relative to modelmon"], rows_md)
         + "\n\nRatios are to `observe` without a prediction id, which records the same signals as the "
         "others. The plain prometheus-client baseline records the same series as modelmon, one "
         "`labels(...).inc()` per feature bin and one summary `observe()` per numeric value. "

@@ -78,8 +78,6 @@ def machine() -> str:
         f"- CPU: {cpu.group(1) if cpu else platform.processor()}, {os.cpu_count()} cores, {memory:.0f} GiB",
         f"- OS: Linux {platform.release()}, Python {platform.python_version()}",
         f"- modelmon at commit {commit}{dirty}",
-        f"- load average (1 min) at the start of the run: {os.getloadavg()[0]:.2f}"
-        " (other work on the machine makes absolute numbers noisy; ratios are measured in one run)",
         f"- OpenBLAS settings: {blas or 'none'}",
         "- " + ", ".join(versions),
         "- " + ", ".join(tools),
@@ -87,7 +85,7 @@ def machine() -> str:
 
 
 def page(results: dict[str, tuple[dict | None, str]], profiles: str, quick: bool, started: datetime,
-         seconds: float, about: str) -> str:
+         seconds: float, about: str, load: float) -> str:
     targets, sections = [], []
     for name, (result, why) in results.items():
         if result is None:
@@ -109,7 +107,9 @@ def page(results: dict[str, tuple[dict | None, str]], profiles: str, quick: bool
         "## Targets",
         "| target | measured | verdict |\n|---|---|---|\n" + rows,
         "## Machine and versions",
-        about,
+        about + f"\n- load average (1 min): {load:.2f} at the start of the run, {os.getloadavg()[0]:.2f} at the "
+        "end (the machine is shared: other work makes absolute numbers noisy, so every comparison is "
+        "between contenders measured in turn in the same run)",
         *sections,
         "## Where modelmon's time goes",
         "pyinstrument call trees of modelmon's hot paths on the benchmark data, from the same run "
@@ -126,12 +126,12 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args()
     started, start = datetime.now(timezone.utc), time.monotonic()
-    about = machine()
+    about, load = machine(), os.getloadavg()[0]
     names = args.only or benchmarks()
     with tempfile.TemporaryDirectory(prefix="bench-results-") as tmp:
         results = {name: run(name, args.quick, Path(tmp) / f"{name}.json") for name in names}
     profiles = command_output(sys.executable, "-m", "benchmarks.profile_hot_path") or "not run"
-    text = page(results, profiles, args.quick, started, time.monotonic() - start, about)
+    text = page(results, profiles, args.quick, started, time.monotonic() - start, about, load)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
     print(f"wrote {args.output}")
