@@ -65,9 +65,10 @@ def machine() -> str:
     commit = command_output("git", "rev-parse", "--short", "HEAD")
     dirty = " (with uncommitted changes in the tree)" if command_output("git", "status", "--porcelain") else ""
     blas = ", ".join(f"{k}={os.environ[k]}" for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ)
+    es_version = ROOT / "elk" / "VERSION"
     tools = [f"wrk {command_output('dpkg-query', '-W', '-f', '${Version}', 'wrk') or 'absent'}",
              f"hey {command_output('dpkg-query', '-W', '-f', '${Version}', 'hey') or 'absent'}",
-             f"Elasticsearch {(ROOT / 'elk' / 'VERSION').read_text().strip() if (ROOT / 'elk' / 'VERSION').exists() else '?'}"]
+             f"Elasticsearch {es_version.read_text().strip() if es_version.exists() else '?'}"]
     versions = []
     for package in PACKAGES:
         try:
