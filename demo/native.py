@@ -68,6 +68,9 @@ class Process:
                 raise RuntimeError(f"{self.name} not ready after {timeout:.0f}s at {self.ready_url}; see {self.log}")
             time.sleep(0.3)
 
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def stop(self) -> None:
         """SIGTERM the process group, SIGKILL it after 20 seconds."""
         if self.proc is None or self.proc.poll() is not None:
@@ -78,6 +81,41 @@ class Process:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+
+
+@dataclass
+class Elasticsearch:
+    """A single loopback node run by scripts/elasticsearch.sh (security off: loopback only)."""
+
+    directory: Path
+    port: int
+
+    name = "elasticsearch"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _script(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(ROOT / "scripts" / "elasticsearch.sh"), *args], capture_output=True, text=True,
+                              timeout=300, check=False)
+
+    def start(self) -> "Elasticsearch":
+        done = self._script("start", str(self.directory), str(self.port))
+        if done.returncode != 0:
+            raise RuntimeError(f"Elasticsearch did not start (run `make deps` first?): {done.stderr[-2000:]}")
+        return self
+
+    def alive(self) -> bool:
+        """The node's process still runs (its pid file is the script's)."""
+        try:
+            os.kill(int((self.directory / "es.pid").read_text()), 0)
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def stop(self) -> None:
+        self._script("stop", str(self.directory))
 
 
 def substituted_copy(source: Path, target_dir: Path, addresses: dict[str, str], links: tuple[str, ...]) -> Path:

@@ -7,12 +7,14 @@ look; Ctrl-C stops everything it started.
 from __future__ import annotations
 
 import argparse
+import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .native import ROOT, Process, binary, free_port, substituted_copy
+from .native import ROOT, Elasticsearch, Process, binary, free_port, substituted_copy
 from .traffic import SCENARIOS
 
 BUILD = ROOT / "demo" / "build"
@@ -24,25 +26,28 @@ class Ports:
     prometheus: int = 9090
     alertmanager: int = 9093
     alert_sink: int = 9099
+    elasticsearch: int = 9200
+    shipper: int = 9108
 
     @classmethod
     def free(cls) -> "Ports":
-        return cls(free_port(), free_port(), free_port(), free_port())
+        return cls(*(free_port() for _ in range(6)))
 
 
 class NativeStack:
     """The compose services that run natively here, wired as in docker-compose.yml."""
 
-    def __init__(self, workdir: Path, ports: Ports = Ports()):
-        self.workdir, self.ports = workdir, ports
-        self.processes: list[Process] = []
+    def __init__(self, workdir: Path, ports: Ports = Ports(), *, elastic: bool = True):
+        self.workdir, self.ports, self.elastic = workdir, ports, elastic
+        self.processes: list[Process | Elasticsearch] = []
 
     @property
     def addresses(self) -> dict[str, str]:
         """Compose service address -> native address."""
         p = self.ports
         return {"demo:8000": f"127.0.0.1:{p.demo}", "alertmanager:9093": f"127.0.0.1:{p.alertmanager}",
-                "prometheus:9090": f"127.0.0.1:{p.prometheus}", "alert-sink:9099": f"127.0.0.1:{p.alert_sink}"}
+                "prometheus:9090": f"127.0.0.1:{p.prometheus}", "alert-sink:9099": f"127.0.0.1:{p.alert_sink}",
+                "elasticsearch:9200": f"127.0.0.1:{p.elasticsearch}", "shipper:9108": f"127.0.0.1:{p.shipper}"}
 
     def url(self, service: str) -> str:
         return f"http://127.0.0.1:{getattr(self.ports, service)}"
@@ -53,12 +58,16 @@ class NativeStack:
             self.launch(self.alert_sink())
             self.launch(self.alertmanager())
             self.launch(self.prometheus())
+            if self.elastic:
+                self.launch(Elasticsearch(self.workdir / "elasticsearch", self.ports.elasticsearch))
+                self.setup_elastic()
+                self.launch(self.shipper())
         except BaseException:
             self.stop()
             raise
         return self
 
-    def launch(self, process: Process) -> None:
+    def launch(self, process: Process | Elasticsearch) -> None:
         """Start one more process as part of the stack (stopped with it)."""
         self.processes.append(process)
         process.start()
@@ -106,6 +115,19 @@ class NativeStack:
             ready_url=f"{self.url('alertmanager')}/-/ready", log=self.workdir / "logs" / "alertmanager.log",
         )
 
+    def setup_elastic(self) -> None:
+        """Templates and ILM, as the compose setup service installs them (no Kibana here)."""
+        subprocess.run([sys.executable, "-m", "modelmon.cli", "setup", "--es-url", self.url("elasticsearch")],
+                       check=True, capture_output=True, text=True, cwd=ROOT)
+
+    def shipper(self) -> Process:
+        return Process(
+            "shipper", [sys.executable, "-m", "modelmon.cli", "ship", str(self.workdir / "events"),
+                        "--es-url", self.url("elasticsearch"), "--metrics-addr", "127.0.0.1",
+                        "--metrics-port", str(self.ports.shipper)],
+            ready_url=f"{self.url('shipper')}/metrics", log=self.workdir / "logs" / "shipper.log",
+        )
+
     def traffic(self, scenario: str, rate: float) -> Process:
         return Process(
             "traffic", [sys.executable, "-m", "demo.traffic", scenario, "--url", self.url("demo"),
@@ -124,8 +146,10 @@ def main() -> None:
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="steady")
     parser.add_argument("--rate", type=float, default=10.0, help="requests per second")
     parser.add_argument("--workdir", type=Path, default=BUILD / "stack")
+    parser.add_argument("--no-elastic", action="store_true", help="metrics only: no Elasticsearch, no shipper")
     args = parser.parse_args()
-    stack = NativeStack(args.workdir).start()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops the stack like Ctrl-C
+    stack = NativeStack(args.workdir, elastic=not args.no_elastic).start()
     try:
         stack.launch(stack.traffic(args.scenario, args.rate))
         print(f"""
@@ -134,12 +158,13 @@ modelmon demo is up ({args.scenario} traffic, {args.rate:g} requests/s); Ctrl-C 
   Prometheus      {stack.url('prometheus')}/alerts   and /graph, e.g. model_feature:modelmon_feature_bin:psi_1h
   Alertmanager    {stack.url('alertmanager')}
   notifications   {stack.url('alert_sink')}   (where Alertmanager's receivers post)
+  Elasticsearch   {stack.url('elasticsearch')}/logs-modelmon.predictions-default/_search   (--no-elastic: off)
   logs            {args.workdir / 'logs'}, prediction events in {args.workdir / 'events'}
 Another scenario, in a second terminal: .venv/bin/python -m demo.traffic drift   (see demo/traffic.py)
 """, flush=True)
-        while all(p.proc.poll() is None for p in stack.processes):
+        while not (stopped := [p.name for p in stack.processes if not p.alive()]):
             time.sleep(1)
-        print("a process of the stack stopped; see the logs", file=sys.stderr)
+        print(f"{', '.join(stopped)} stopped; see the logs in {args.workdir / 'logs'}", file=sys.stderr)
     except KeyboardInterrupt:
         pass
     finally:
