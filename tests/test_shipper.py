@@ -287,7 +287,7 @@ def test_files_rotated_away_are_shipped_while_running_and_counted_when_lost(es, 
 
 
 def test_metric_names_follow_the_contract(tmp_path):
-    from modelmon.shipper import SHIPPER_CONTRACT
+    from modelmon.metrics import SHIPPER_CONTRACT
 
     shipper = Shipper(None, ShipperConfig(tmp_path))
     exported = {m.name for m in shipper.registry.collect()}

@@ -110,6 +110,30 @@ CONTRACT: tuple[MetricSpec, ...] = (
     MetricSpec("modelmon_internal_errors", "counter", ("stage",), "Monitoring failures, swallowed and counted."),
 )
 
+# The log shipper's own metrics (modelmon ship, served on its --metrics-port).
+SHIPPER_CONTRACT: tuple[MetricSpec, ...] = (
+    MetricSpec("modelmon_shipper_documents_indexed", "counter", (), "Events indexed into Elasticsearch."),
+    MetricSpec(
+        "modelmon_shipper_documents_duplicate", "counter", (), "Events Elasticsearch already had (409 on create)."
+    ),
+    MetricSpec(
+        "modelmon_shipper_documents_rejected", "counter", (), "Events Elasticsearch refused, sent to the dead letters."
+    ),
+    MetricSpec(
+        "modelmon_shipper_documents_retried", "counter", (), "Event sends repeated after a transient failure."
+    ),
+    MetricSpec(
+        "modelmon_shipper_documents_corrupt", "counter", (), "Lines not a JSON object, sent to the dead letters."
+    ),
+    MetricSpec(
+        "modelmon_shipper_lost_bytes", "counter", (), "Bytes of event files deleted or truncated before being shipped."
+    ),
+    MetricSpec("modelmon_shipper_lost_files", "counter", (), "Event files deleted or truncated before fully shipped."),
+    MetricSpec("modelmon_shipper_backlog_bytes", "gauge", (), "Bytes in the event files not shipped yet."),
+    MetricSpec("modelmon_shipper_lag_seconds", "gauge", (), "Now minus the @timestamp of the last event shipped."),
+)
+
+
 # Alerts whose threshold a monitor may set per model (exported as
 # modelmon_alert_threshold{alert=...}); the values are the rules' defaults.
 ALERT_THRESHOLDS: dict[str, float] = {
@@ -206,7 +230,7 @@ def flush_all() -> None:
 
 def exported_samples() -> set[str]:
     """Every sample name modelmon can put on the wire (for rule and dashboard checks)."""
-    return {name for spec in CONTRACT for name in spec.samples}
+    return {name for spec in CONTRACT + SHIPPER_CONTRACT for name in spec.samples}
 
 
 def after_fork() -> bool:

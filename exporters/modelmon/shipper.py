@@ -42,34 +42,12 @@ from typing import TYPE_CHECKING, Iterator
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from .elk_setup import SetupError, add_connection_arguments, connect, elasticsearch_module
-from .metrics import MetricSpec
+from .metrics import SHIPPER_CONTRACT
 
 if TYPE_CHECKING:
     from elasticsearch import Elasticsearch
 
 log = logging.getLogger("modelmon.shipper")
-
-SHIPPER_CONTRACT: tuple[MetricSpec, ...] = (
-    MetricSpec("modelmon_shipper_documents_indexed", "counter", (), "Events indexed into Elasticsearch."),
-    MetricSpec(
-        "modelmon_shipper_documents_duplicate", "counter", (), "Events Elasticsearch already had (409 on create)."
-    ),
-    MetricSpec(
-        "modelmon_shipper_documents_rejected", "counter", (), "Events Elasticsearch refused, sent to the dead letters."
-    ),
-    MetricSpec(
-        "modelmon_shipper_documents_retried", "counter", (), "Event sends repeated after a transient failure."
-    ),
-    MetricSpec(
-        "modelmon_shipper_documents_corrupt", "counter", (), "Lines not a JSON object, sent to the dead letters."
-    ),
-    MetricSpec(
-        "modelmon_shipper_lost_bytes", "counter", (), "Bytes of event files deleted or truncated before being shipped."
-    ),
-    MetricSpec("modelmon_shipper_lost_files", "counter", (), "Event files deleted or truncated before fully shipped."),
-    MetricSpec("modelmon_shipper_backlog_bytes", "gauge", (), "Bytes in the event files not shipped yet."),
-    MetricSpec("modelmon_shipper_lag_seconds", "gauge", (), "Now minus the @timestamp of the last event shipped."),
-)
 
 DATASET = "modelmon.predictions"
 PATTERN = "predictions-*.jsonl*"
