@@ -1,7 +1,7 @@
 """Traffic for the demo service, one scenario per command.
 
     python -m demo.traffic steady            # training-like rows, labels 20 s later
-    python -m demo.traffic drift             # GrLivArea and LotArea shifted upwards
+    python -m demo.traffic drift             # GrLivArea 80% larger, LotFrontage sent in metres
     python -m demo.traffic missing           # GarageCars stops arriving
     python -m demo.traffic new-category      # Neighborhood "Atlantis" in a third of the rows
     python -m demo.traffic nan               # the model answers NaN for a fifth of the rows
@@ -40,7 +40,7 @@ def _scale(**factors: float) -> Callable[[dict], dict]:
 SCENARIOS: dict[str, tuple[Callable[[dict], dict], str | None, float]] = {
     # name: (row transform, X-Demo-Fault header, factor applied to the true price)
     "steady": (lambda row: row, None, 1.0),
-    "drift": (_scale(GrLivArea=1.8, LotArea=2.5), None, 1.0),
+    "drift": (_scale(GrLivArea=1.8, LotFrontage=0.3048), None, 1.0),
     "missing": (lambda row: {**row, "GarageCars": None}, None, 1.0),
     "new-category": (lambda row: {**row, "Neighborhood": "Atlantis"} if random.random() < 0.34 else row, None, 1.0),
     "nan": (lambda row: row, "nan", 1.0),
