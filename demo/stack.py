@@ -37,8 +37,12 @@ class Ports:
 class NativeStack:
     """The compose services that run natively here, wired as in docker-compose.yml."""
 
-    def __init__(self, workdir: Path, ports: Ports = Ports(), *, elastic: bool = True):
+    def __init__(self, workdir: Path, ports: Ports = Ports(), *, elastic: bool = True,
+                 elastic_dir: Path | None = None):
+        """``elastic_dir`` (default: in ``workdir``) must be reachable by the unprivileged
+        user Elasticsearch runs as when started by root."""
         self.workdir, self.ports, self.elastic = workdir, ports, elastic
+        self.elastic_dir = elastic_dir or workdir / "elasticsearch"
         self.processes: list[Process | Elasticsearch] = []
 
     @property
@@ -59,7 +63,7 @@ class NativeStack:
             self.launch(self.alertmanager())
             self.launch(self.prometheus())
             if self.elastic:
-                self.launch(Elasticsearch(self.workdir / "elasticsearch", self.ports.elasticsearch))
+                self.launch(Elasticsearch(self.elastic_dir, self.ports.elasticsearch))
                 self.setup_elastic()
                 self.launch(self.shipper())
         except BaseException:

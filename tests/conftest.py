@@ -1,13 +1,12 @@
 """Shared fixtures: a small reference profile and a way to read scraped samples."""
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from demo.native import free_port  # noqa: F401 (shared with the tests)
 from modelmon import ModelMonitor, Reference
 
 
@@ -62,10 +61,3 @@ def total(samples: dict, name: str, **labels) -> float:
     """Sum of the samples of ``name`` whose labels include ``labels``."""
     want = set(labels.items())
     return sum(v for (n, lbl), v in samples.items() if n == name and want <= lbl)
-
-
-def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -19,6 +18,7 @@ from typing import Iterator
 
 import pytest
 
+from demo.native import free_port
 from modelmon.events import EventLog
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,18 +26,12 @@ SCRIPT = ROOT / "scripts" / "elasticsearch.sh"
 INSTALL_HINT = "run `make deps` (or scripts/elasticsearch.sh install) to install Java and Elasticsearch"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class ElasticNode:
     """A single-node cluster whose data survives stop() and start()."""
 
     def __init__(self) -> None:
         self.directory = Path(tempfile.mkdtemp(prefix="modelmon-es-"))
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.running = False
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -31,6 +30,8 @@ from typing import Any, Callable, Iterable, Mapping
 import pytest
 import yaml
 
+from demo.native import free_port  # noqa: F401 (tests import it from here too)
+
 INSTALL_HINT = "apt-get install prometheus prometheus-alertmanager"
 
 
@@ -40,13 +41,6 @@ def binary(name: str) -> str:
     if path is None:
         pytest.fail(f"{name} is not installed: {INSTALL_HINT}", pytrace=False)
     return path
-
-
-def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5,
