@@ -74,8 +74,8 @@ def test_predictions_expire_after_the_ttl_and_are_counted(reference, registry, t
     monitor = ModelMonitor("house", "1.0", reference, registry=registry, outcomes=store)
     monitor.observe(ROW, 300.0, prediction_id="old")
     monitor.flush()
-    dropped = store.expire(time.time() + 120, force=True)
-    assert dropped == {("house", "1.0"): 1} and len(store) == 0
+    store.expire(time.time() + 120, force=True)
+    assert store.take_dropped() == {("house", "1.0"): 1} and len(store) == 0
     assert not monitor.record_outcome("old", 300.0)
 
 
@@ -83,9 +83,30 @@ def test_the_store_keeps_at_most_max_rows(tmp_path):
     store = OutcomeStore(tmp_path / "o.sqlite", max_rows=1000)
     now = time.time()
     store.put(("m", f"id{i}", "1", float(i), now + i) for i in range(5000))
-    assert store.expire(force=True) == {("m", "1"): 4000}
+    assert store.take_dropped() == {("m", "1"): 4000}
     assert len(store) == 1000 and store.take("m", "id4999") == ("1", 4999.0)
     assert store.take("m", "id0") is None  # the oldest went first
+
+
+def test_the_default_store_stays_bounded_and_counts_what_it_drops(reference, registry):
+    store = OutcomeStore(max_rows=500)
+    monitor = ModelMonitor("house", "1.0", reference, registry=registry, outcomes=store)
+    for i in range(3000):
+        monitor.observe(ROW, 300.0, prediction_id=f"p{i}")
+    samples = scrape(registry)
+    assert len(store) == 500
+    assert value(samples, "modelmon_outcomes_unmatched_total", reason="expired", **M) == 2500
+    assert monitor.record_outcome("p2999", 300.0) and not monitor.record_outcome("p0", 300.0)
+
+
+def test_the_hot_path_leaves_writing_to_a_background_thread(reference, registry, store):
+    monitor = ModelMonitor("house", "1.0", reference, registry=registry, outcomes=store)
+    monitor.observe(ROW, 300.0, prediction_id="p")
+    assert len(store) == 0  # queued, not yet written
+    deadline = time.monotonic() + 5
+    while len(store) == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(store) == 1
 
 
 def test_bad_store_settings_fail_at_start_up(tmp_path):

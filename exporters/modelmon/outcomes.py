@@ -10,16 +10,20 @@ counted as ``modelmon_outcomes_unmatched_total{reason="expired"}``.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections import deque
 from pathlib import Path
 from typing import Any, Iterable
 
 from .bins import INVALID, category_key
+
+log = logging.getLogger("modelmon")
 
 DEFAULT_TTL_SECONDS = 7 * 86400.0
 EXPIRE_EVERY_SECONDS = 60.0
@@ -34,7 +38,17 @@ CREATE INDEX IF NOT EXISTS predictions_at ON predictions (at);
 
 
 class OutcomeStore:
-    """Predictions awaiting a label, keyed by (model, prediction id)."""
+    """Predictions awaiting a label, keyed by (model, prediction id).
+
+    The hot path only appends to a queue; a background thread writes the queue to
+    SQLite every half second (sooner when it grows; a caller that outruns it writes
+    itself), drops what is past the TTL or beyond ``max_rows`` (oldest first), and keeps
+    count of the dropped per model version.
+    """
+
+    WRITE_INTERVAL_SECONDS = 0.5
+    PENDING_LIMIT = 10_000  # queued predictions that wake the writer early
+    MAX_PENDING = 100_000  # queued predictions beyond which the caller writes them itself
 
     def __init__(self, path: str | os.PathLike | None = None, *, ttl_seconds: float = DEFAULT_TTL_SECONDS,
                  max_rows: int | None = None):
@@ -47,10 +61,15 @@ class OutcomeStore:
             raise ValueError(f"max_rows must be positive, got {self.max_rows}")
         self._lock = threading.Lock()
         self._pending: deque[tuple[str, str, str, Any, float]] = deque()  # appends need no lock
+        self._dropped: dict[tuple[str, str], int] = {}
         self._db: sqlite3.Connection | None = None
         self._pid = 0
+        self._rows = 0  # rows in the table, counted on connect, kept up to date after
         self._last_expiry = 0.0
+        self._wake = threading.Event()
+        self._writer: threading.Thread | None = None
         self._connect()  # fail at start-up on an unusable path
+        _stores.add(self)
 
     def _connect(self) -> sqlite3.Connection:
         """This process's connection (a forked worker opens its own)."""
@@ -64,18 +83,44 @@ class OutcomeStore:
                 db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
             self._db, self._pid = db, os.getpid()
+            self._rows = db.execute("SELECT count(*) FROM predictions").fetchone()[0]
         return self._db
 
-    PENDING_LIMIT = 1000  # predictions buffered in memory before they are written
-
     def remember(self, row: tuple[str, str, str, Any, float]) -> None:
-        """Hot path: buffer (model, id, version, predicted value, unix time); see ``put``."""
+        """Hot path: queue (model, id, version, predicted value, unix time) for the writer."""
         self._pending.append(row)
+        if self._writer is None:
+            self._start_writer()
         if len(self._pending) >= self.PENDING_LIMIT:
-            self.write_pending()
+            if len(self._pending) >= self.MAX_PENDING:  # the writer fell behind: slow down, lose nothing
+                self.write_pending()
+            self._wake.set()
+
+    def _start_writer(self) -> None:
+        with self._lock:
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_forever, name="modelmon-outcomes", daemon=True)
+                self._writer.start()
+
+    def _write_forever(self) -> None:
+        while True:
+            self._wake.wait(self.WRITE_INTERVAL_SECONDS)
+            self._wake.clear()
+            try:
+                self.write_pending()
+                self.expire()
+            except Exception as exc:  # a full disk, a locked file: keep the queue, try again
+                log.warning("modelmon: could not write predictions awaiting labels: %s", exc)
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's queue and writer thread are the parent's."""
+        self._lock = threading.Lock()
+        self._pending = deque()
+        self._writer = None
+        self._wake = threading.Event()
 
     def write_pending(self) -> None:
-        """Write the buffered predictions, so other workers and a restarted process see them."""
+        """Write the queued predictions, so other workers and a restarted process see them."""
         with self._lock:
             self._put(self._drain())
 
@@ -88,11 +133,19 @@ class OutcomeStore:
             self._put(list(rows))
 
     def _put(self, rows: list[tuple[str, str, str, Any, float]]) -> None:
-        if rows:
-            db = self._connect()
-            with db:
-                db.executemany("INSERT OR REPLACE INTO predictions VALUES (?, ?, ?, ?, ?)",
-                               [(m, i, v, json.dumps(value), at) for m, i, v, value, at in rows])
+        if not rows:
+            return
+        db = self._connect()
+        with db:
+            db.executemany("INSERT OR REPLACE INTO predictions VALUES (?, ?, ?, ?, ?)",
+                           [(m, i, v, json.dumps(value), at) for m, i, v, value, at in rows])
+            self._rows += len(rows)
+            if self._rows > self.max_rows:
+                self._rows = db.execute("SELECT count(*) FROM predictions").fetchone()[0]
+                excess = self._rows - self.max_rows
+                if excess > 0:
+                    self._count_dropped(self._drop_oldest(db, excess))
+                    self._rows -= excess
 
     def take(self, model: str, prediction_id: str) -> tuple[str, Any] | None:
         """Remove and return (version, predicted value) of a prediction, or None."""
@@ -104,28 +157,31 @@ class OutcomeStore:
                     "DELETE FROM predictions WHERE model = ? AND id = ? RETURNING version, value",
                     (model, prediction_id),
                 ).fetchone()
+            self._rows -= row is not None
         return None if row is None else (row[0], json.loads(row[1]))
 
-    def expire(self, now: float | None = None, *, force: bool = False) -> dict[tuple[str, str], int]:
-        """Drop predictions past the TTL or beyond max_rows; counts per (model, version).
-
-        Runs at most once a minute unless forced.
-        """
+    def expire(self, now: float | None = None, *, force: bool = False) -> None:
+        """Drop predictions past the TTL (at most once a minute unless forced)."""
         now = time.time() if now is None else now
         if not force and now - self._last_expiry < EXPIRE_EVERY_SECONDS:
-            return {}
+            return
         self._last_expiry = now
-        dropped: dict[tuple[str, str], int] = {}
         with self._lock:
             db = self._connect()
             with db:
                 rows = db.execute("DELETE FROM predictions WHERE at < ? RETURNING model, version",
                                   (now - self.ttl_seconds,)).fetchall()
-                excess = db.execute("SELECT count(*) FROM predictions").fetchone()[0] - self.max_rows
-                if excess > 0:
-                    rows += self._drop_oldest(db, excess)
-        for model, version in rows:
-            dropped[(model, version)] = dropped.get((model, version), 0) + 1
+            self._rows -= len(rows)
+            self._count_dropped(map(tuple, rows))
+
+    def _count_dropped(self, model_versions: Iterable[tuple[str, str]]) -> None:
+        for key in model_versions:
+            self._dropped[key] = self._dropped.get(key, 0) + 1
+
+    def take_dropped(self) -> dict[tuple[str, str], int]:
+        """Predictions dropped unlabelled since the last call, per (model, version)."""
+        with self._lock:
+            dropped, self._dropped = self._dropped, {}
         return dropped
 
     @staticmethod
@@ -137,6 +193,17 @@ class OutcomeStore:
     def __len__(self) -> int:
         with self._lock:
             return self._connect().execute("SELECT count(*) FROM predictions").fetchone()[0]
+
+
+_stores: "weakref.WeakSet[OutcomeStore]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_stores):
+        store.after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 _default_store: OutcomeStore | None = None
@@ -182,7 +249,7 @@ class OutcomeTracker:
 
     def flush(self) -> None:
         self.store.write_pending()
-        for (model, version), n in self.store.expire().items():
+        for (model, version), n in self.store.take_dropped().items():
             self._metrics["outcomes_unmatched"].labels(model, version, "expired").inc(n)
 
     def record(self, prediction_id: Any, actual: Any) -> bool:
