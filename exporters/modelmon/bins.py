@@ -186,16 +186,34 @@ class CategoricalBins:
         return slot
 
     def count_array(self, column: Any) -> tuple[list[int], float]:
-        """Counts per bin (relative to this column's first slot); the sum is always 0."""
-        values = column.tolist() if hasattr(column, "tolist") else list(column)
+        """Counts per bin (relative to this column's first slot); the sum is always 0.
+
+        Distinct values are looked up once: with pandas loaded, pandas.factorize finds
+        them in C; otherwise collections.Counter does.
+        """
         counts = [0] * len(self.labels)
-        try:
-            tally = Counter(values).items()
-        except TypeError:  # unhashable values (lists, dicts): one by one
-            tally = ((value, 1) for value in values)
-        for value, n in tally:
+        for value, n in _tally(column):
             counts[self.slot(value) - self.offset] += n
         return counts, 0.0
+
+
+def _tally(column: Any) -> Iterable[tuple[Any, int]]:
+    """(distinct value, occurrences) pairs of a column; missing values come as None."""
+    pd = sys.modules.get("pandas")
+    if pd is not None and getattr(column, "ndim", 0) == 1:  # a numpy array or pandas Series
+        try:
+            codes, uniques = pd.factorize(column, use_na_sentinel=True)
+        except TypeError:  # unhashable values (lists, dicts)
+            pass
+        else:
+            occurrences = np.bincount(codes + 1, minlength=len(uniques) + 1).tolist()
+            return [(None, occurrences[0])] + list(zip(uniques.tolist() if hasattr(uniques, "tolist")
+                                                       else list(uniques), occurrences[1:]))
+    values = column.tolist() if hasattr(column, "tolist") else list(column)
+    try:
+        return Counter(values).items()
+    except TypeError:  # unhashable values: one by one
+        return ((value, 1) for value in values)
 
 
 _TOKEN = re.compile(r"\w+")
