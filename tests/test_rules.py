@@ -28,17 +28,18 @@ RULE_FILES = sorted((PROMETHEUS / "rules").glob("*.yml"))
 TEST_FILES = sorted((PROMETHEUS / "tests").glob("*.test.yml"))
 RUNBOOKS = REPO / "docs" / "runbooks"
 
-# DESIGN.md section 3 (the log pipeline's own alerts come with the log pipeline).
+# DESIGN.md section 3, and the log pipeline's own (pipeline.alerts.yml).
 ALERTS = {
     "ModelmonTargetDown", "ModelmonHighErrorRate", "ModelmonHighLatency", "ModelmonLatencyRegression",
     "ModelmonMemoryGrowth", "ModelmonNoPredictions", "ModelmonFeatureDrift", "ModelmonPredictionDrift",
     "ModelmonFeatureMissing", "ModelmonUnseenCategories", "ModelmonOutOfRange", "ModelmonPredictionMeanShift",
     "ModelmonNonFinitePredictions", "ModelmonModelStale", "ModelmonModelVersionChanged",
     "ModelmonDependencyChanged", "ModelmonQualityDrop", "ModelmonMonitoringErrors",
+    "ModelmonShipperDown", "ModelmonShipperBacklog", "ModelmonShipperRejectedDocuments", "ModelmonShipperDataLoss",
 }
 # Alerts whose value is a constant (the target is down, a version appeared): their
 # description says what happened instead of a number.
-VALUELESS = {"ModelmonTargetDown", "ModelmonModelVersionChanged", "ModelmonDependencyChanged"}
+VALUELESS = {"ModelmonTargetDown", "ModelmonModelVersionChanged", "ModelmonDependencyChanged", "ModelmonShipperDown"}
 PROCESS_SAMPLES = {"up", "process_resident_memory_bytes", "process_cpu_seconds_total", "process_start_time_seconds"}
 DASHBOARDS = {"ops": "/d/modelmon-ops/model-service", "data-science": "/d/modelmon-data/model-data"}
 LEVELS = {"model", "model_feature", "model_feature_bin", "model_output", "model_output_bin", "model_alert", "job_stage"}
@@ -58,6 +59,14 @@ def alert_rules() -> list[dict]:
 
 def recorded_names() -> set[str]:
     return {rule["record"] for rule in all_rules() if "record" in rule}
+
+
+def carries_model(rule: dict) -> bool:
+    """Whether the alert's series have a model label: its expression reads a package metric
+    labelled with the model, or a recording rule of a model level."""
+    with_model = {sample for spec in CONTRACT if "model" in spec.labels for sample in spec.samples}
+    return any(name in with_model or ":" in name and name.split(":")[0].startswith("model")
+               for name in metric_names(rule["expr"]))
 
 
 # --- promtool -----------------------------------------------------------------------
@@ -117,10 +126,10 @@ def test_alert_labels_and_annotations(rule):
     assert set(annotations) == {"summary", "description", "runbook_url", "dashboard_url"}
     assert annotations["runbook_url"] == f"https://github.com/modelmon/modelmon/blob/main/docs/runbooks/{name}.md"
     assert (RUNBOOKS / f"{name}.md").is_file()
-    assert annotations["dashboard_url"] == (
-        "{{ $externalLabels.grafana_url }}" + DASHBOARDS[labels["team"]]
-        + "?var-model={{ $labels.model | urlquery }}&var-version={{ $labels.version | urlquery }}"
-    )
+    dashboard = "{{ $externalLabels.grafana_url }}" + DASHBOARDS[labels["team"]]
+    by_model = dashboard + "?var-model={{ $labels.model | urlquery }}&var-version={{ $labels.version | urlquery }}"
+    by_job = dashboard + "?var-job={{ $labels.job | urlquery }}"  # alerts without a model label may use it
+    assert annotations["dashboard_url"] in ({by_model} if carries_model(rule) else {by_model, by_job})
     text = annotations["summary"] + annotations["description"]
     if "model_feature:" in rule["expr"]:
         assert "$labels.feature" in text
@@ -128,6 +137,12 @@ def test_alert_labels_and_annotations(rule):
         assert "$labels.output" in text
     if name not in VALUELESS:
         assert "$value" in annotations["description"]
+
+
+def test_alerts_without_a_model_label_are_told_apart():
+    assert {rule["alert"] for rule in alert_rules() if not carries_model(rule)} == {
+        "ModelmonMonitoringErrors", "ModelmonDependencyChanged", "ModelmonShipperDown", "ModelmonShipperBacklog",
+        "ModelmonShipperRejectedDocuments", "ModelmonShipperDataLoss"}
 
 
 def test_runbooks_are_exactly_one_per_alert():
