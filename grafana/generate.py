@@ -245,10 +245,16 @@ def query_variable(name: str, label: str, query: str, description: str, *, datas
             "current": {"selected": True, "text": ["All"], "value": ["$__all"]} if multi else {}}
 
 
-def model_variables(datasource: str = "datasource") -> list[dict]:
+# The ops dashboard's jobs: the model services', and the log shippers' (modelmon ship).
+SERVICE_AND_SHIPPER_JOBS = ('{__name__=~"modelmon_model_info|modelmon_shipper_backlog_bytes"}',
+                            "Prometheus scrape jobs serving modelmon models, and those of the log shippers.")
+
+
+def model_variables(datasource: str = "datasource", jobs: tuple[str, str] = (
+        "modelmon_model_info", "Prometheus scrape jobs serving modelmon models.")) -> list[dict]:
+    """job, model and version; ``jobs`` is the series the job variable lists jobs of, and its description."""
     return [
-        query_variable("job", "Job", "label_values(modelmon_model_info, job)",
-                       "Prometheus scrape jobs serving modelmon models.", datasource=datasource),
+        query_variable("job", "Job", f"label_values({jobs[0]}, job)", jobs[1], datasource=datasource),
         query_variable("model", "Model", 'label_values(modelmon_model_info{job=~"$job"}, model)',
                        "Models served by the selected jobs.", datasource=datasource),
         query_variable("version", "Version", 'label_values(modelmon_model_info{job=~"$job", model=~"$model"}, version)',
@@ -458,9 +464,84 @@ def ops_dashboard() -> dict:
     ]
     return dashboard(
         OPS, "Is the model service up, fast and error-free? Traffic, errors, latency, processes, "
-        "versions and firing alerts per model version.",
-        [prometheus_variable(), *model_variables()], panels,
+        "versions and firing alerts per model version, and the log pipeline shipping the prediction events.",
+        [prometheus_variable(), *model_variables(jobs=SERVICE_AND_SHIPPER_JOBS)], [*panels, *pipeline_panels()],
         (DATA, LOGS))
+
+
+def pipeline_panels() -> list[dict]:
+    """The log shipper's own metrics (modelmon ship --metrics-port): a row of the ops dashboard."""
+    ship = 'job=~"$job"'
+    per_shipper = "{{instance}}"
+    return [
+        row("Log pipeline"),
+        timeseries(
+            "Events shipped per second",
+            "Prediction events the log shipper (modelmon ship) got indexed into Elasticsearch per second "
+            "(modelmon_shipper_documents_indexed_total); events Elasticsearch already had, resent after a "
+            "restart or a timeout (duplicate); sends repeated after a transient failure: Elasticsearch down, "
+            "429, 5xx, 401 or 403 (retried). Retries and no indexing: Elasticsearch takes no events.",
+            "cps", [
+                prom(f"rate(modelmon_shipper_documents_indexed_total{{{ship}}}[$__rate_interval])",
+                     f"{per_shipper} indexed"),
+                prom(f"rate(modelmon_shipper_documents_duplicate_total{{{ship}}}[$__rate_interval])",
+                     f"{per_shipper} duplicate"),
+                prom(f"rate(modelmon_shipper_documents_retried_total{{{ship}}}[$__rate_interval])",
+                     f"{per_shipper} retried"),
+            ], links=(runbook("ModelmonShipperBacklog"), to_board(LOGS)), width=8),
+        timeseries(
+            "Dead letters (15 min)",
+            "Events the shipper wrote to its dead-letter file (<state-dir>/dead-letter.jsonl) instead of "
+            "Elasticsearch in the 15 minutes before each point: rejected by Elasticsearch, a mapping conflict "
+            "or another 4xx (modelmon_shipper_documents_rejected_total), or corrupt, not a JSON object "
+            "(modelmon_shipper_documents_corrupt_total). Any fires ModelmonShipperRejectedDocuments.",
+            "short", [
+                prom(f"increase(modelmon_shipper_documents_rejected_total{{{ship}}}[15m])", f"{per_shipper} rejected"),
+                prom(f"increase(modelmon_shipper_documents_corrupt_total{{{ship}}}[15m])", f"{per_shipper} corrupt"),
+            ], links=(runbook("ModelmonShipperRejectedDocuments"),), width=8),
+        timeseries(
+            "Backlog",
+            "Bytes of the event files not acknowledged by Elasticsearch yet (modelmon_shipper_backlog_bytes), "
+            "and where the last 30 minutes' trend puts it in an hour (dashed). ModelmonShipperBacklog fires "
+            "when the backlog has not shrunk for 30 minutes and the trend passes 50 MiB (dashed red), the "
+            "lag passes 10 minutes or nothing was indexed for 15 minutes.",
+            "bytes", [
+                prom(f"modelmon_shipper_backlog_bytes{{{ship}}}", per_shipper),
+                prom(f"predict_linear(modelmon_shipper_backlog_bytes{{{ship}}}[30m], 3600)",
+                     f"{per_shipper} in 1h at the 30m trend"),
+                prom(f"modelmon_shipper_backlog_bytes{{{ship}}} * 0 + 50 * 1024 * 1024", f"threshold {per_shipper}"),
+            ], overrides=(dashed("B", "text"), dashed("C")), links=(runbook("ModelmonShipperBacklog"),), width=8),
+        timeseries(
+            "Shipping lag",
+            "Now minus the @timestamp of the newest event shipped (modelmon_shipper_lag_seconds; 0 until a "
+            "shipper that started ships its first). It grows whenever the service is idle: read it with the "
+            "backlog. Lag and an empty backlog is an idle service, lag and a backlog a shipper falling behind.",
+            "s", [prom(f"modelmon_shipper_lag_seconds{{{ship}}}", per_shipper)],
+            links=(runbook("ModelmonShipperBacklog"),), width=8),
+        stat(
+            "Events lost in the time range",
+            "Bytes and files of event files deleted or truncated before the shipper had read them, in the "
+            "time range (modelmon_shipper_lost_bytes_total, modelmon_shipper_lost_files_total; counted when "
+            "the shipper starts or sees a file shrink). Those events never reach Elasticsearch. Any fires "
+            "ModelmonShipperDataLoss.",
+            "bytes", [
+                prom(f"increase(modelmon_shipper_lost_bytes_total{{{ship}}}[$__range])", f"{per_shipper} bytes"),
+                prom(f"increase(modelmon_shipper_lost_files_total{{{ship}}}[$__range])", f"{per_shipper} files"),
+            ], overrides=(by_ref("B", prop("unit", "short")),), thresholds=steps((1, "red")),
+            links=(runbook("ModelmonShipperDataLoss"),), width=8),
+        panel(
+            "state-timeline", "Shipper scrape health",
+            "Whether Prometheus could scrape each log shipper that exported its metrics within the last day "
+            "(up). Down for 5 minutes fires ModelmonShipperDown.",
+            "bool", [prom(f"up{{{ship}}} and on(job, instance) "
+                          f"last_over_time(modelmon_shipper_backlog_bytes{{{ship}}}[1d])", per_shipper)],
+            options={"mergeValues": True, "showValue": "never", "alignValue": "left", "rowHeight": 0.9,
+                     "legend": LEGEND, "tooltip": {"mode": "single", "sort": "none"}},
+            color={"mode": "thresholds"}, thresholds=steps((1, "green"), base="red"),
+            mappings=[{"type": "value", "options": {"0": {"text": "down", "color": "red", "index": 0},
+                                                    "1": {"text": "up", "color": "green", "index": 1}}}],
+            links=(runbook("ModelmonShipperDown"),), width=8),
+    ]
 
 
 def data_dashboard() -> dict:

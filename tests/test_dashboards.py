@@ -10,7 +10,8 @@ Grafana cannot run here, so the dashboards are checked the ways that do not need
   dashboards with existing variables, and runbook links existing runbooks;
 - every Prometheus query of every panel, with the variables substituted as Grafana
   does, returns series from a real Prometheus (the project's rule files, 1 s scrape and
-  evaluation) scraping tests/fixtures/dashboard_service.py;
+  evaluation) scraping tests/fixtures/dashboard_service.py and the real log shipper it
+  runs, in the jobs of prometheus/prometheus.yml;
 - every Elasticsearch query, translated to the search Grafana's backend sends, returns
   hits from real prediction events the same service wrote and the shipper delivered.
 """
@@ -100,8 +101,25 @@ def tokens(expr: str) -> list[tuple[str, str]]:
     return found
 
 
+def read_matchers(items: list[tuple[str, str]], i: int, selector: Selector) -> int:
+    """Read the label matchers and the range that follow a selector's name at ``items[i]``; the
+    index after them."""
+    if i < len(items) and items[i][1] == "{":
+        while items[i][1] != "}":
+            if items[i][0] == "name":
+                selector.matchers[items[i][1]] = items[i + 1][1] + items[i + 2][1]
+                i += 2
+            i += 1
+        i += 1
+    if i < len(items) and items[i][0] == "range":
+        selector.range = items[i][1]
+        i += 1
+    return i
+
+
 def selectors(expr: str) -> list[Selector]:
-    """The vector selectors of a PromQL expression, each with its innermost enclosing function."""
+    """The vector selectors of a PromQL expression, each with its innermost enclosing function.
+    A selector without a name, {__name__=~"a|b", ...}, counts as one selector per name."""
     items = tokens(expr)
     calls: list[str | None] = []  # open parentheses: the function or aggregation they belong to, innermost last
     pending = None  # a function or aggregation name waiting for its parenthesis
@@ -120,18 +138,17 @@ def selectors(expr: str) -> list[Selector]:
             calls.pop()
         elif kind == "name" and text not in KEYWORDS:
             selector = Selector(text, {}, None, calls[-1] if calls else None)
-            i += 1
-            if i < len(items) and items[i][1] == "{":
-                while items[i][1] != "}":
-                    if items[i][0] == "name":
-                        selector.matchers[items[i][1]] = items[i + 1][1] + items[i + 2][1]
-                        i += 2
-                    i += 1
-                i += 1
-            if i < len(items) and items[i][0] == "range":
-                selector.range = items[i][1]
-                i += 1
+            i = read_matchers(items, i + 1, selector)
             found.append(selector)
+            continue
+        elif text == "{":
+            selector = Selector("", {}, None, calls[-1] if calls else None)
+            i = read_matchers(items, i, selector)
+            names = re.fullmatch(r'=~?"([\w:|]+)"', selector.matchers.pop("__name__", ""))
+            if names is None:
+                raise ValueError(f"cannot read the metric names of a selector in {expr!r}")
+            found += [Selector(name, dict(selector.matchers), selector.range, selector.function)
+                      for name in names.group(1).split("|")]
             continue
         i += 1
     return found
@@ -289,6 +306,12 @@ def test_selectors_are_read_with_their_function_and_matchers():
     assert [(s.name, s.function, s.range) for s in found] == [
         ("a_bucket", "rate", "[$__rate_interval]"), ("b", "sum", None), ("c", None, None)]
     assert found[0].matchers == {"job": '=~"$job"', "x": '!="1"'}
+    found = selectors('{__name__=~"a_total|b:c", job=~"$job"} and on(job) count_over_time({__name__="d"}[5m])')
+    assert [(s.name, s.matchers, s.range, s.function) for s in found] == [
+        ("a_total", {"job": '=~"$job"'}, None, None), ("b:c", {"job": '=~"$job"'}, None, None),
+        ("d", {}, "[5m]", "count_over_time")]
+    with pytest.raises(ValueError, match="metric names"):
+        selectors('{__name__=~"modelmon_.*"}')
 
 
 def test_every_metric_a_dashboard_names_is_produced():
@@ -410,27 +433,32 @@ def test_dashboard_links_open_dashboards_and_runbooks_that_exist():
 class Service:
     address: str
     events: Path
+    shipper: str  # the address of its log shipper's metrics
 
 
-def serving(port: int) -> bool:
+def serving(port: int, sample: bytes) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            return b"modelmon_outcomes_total{" in response.read()
+            return sample in response.read()
     except OSError:
         return False
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory) -> Iterator[Service]:
+def service(tmp_path_factory, elastic, es) -> Iterator[Service]:
     directory = tmp_path_factory.mktemp("dashboard-service")
-    port, log = free_port(), directory / "service.log"
+    port, shipper_port, log = free_port(), free_port(), directory / "service.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, str(SERVICE), str(port), str(directory / "events")],
-                                   stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([sys.executable, str(SERVICE), str(port), str(directory / "events"), elastic.url,
+                                    namespace(), str(shipper_port)], stdout=out, stderr=subprocess.STDOUT)
+
+    def ready() -> bool:
+        return serving(port, b"modelmon_outcomes_total{") and serving(shipper_port, b"modelmon_shipper_backlog_bytes")
+
     try:
-        wait_until(lambda: serving(port) or process.poll() is not None, 60, "the dashboard service")
+        wait_until(lambda: ready() or process.poll() is not None, 60, "the dashboard service and its shipper")
         assert process.poll() is None, log.read_text()
-        yield Service(f"127.0.0.1:{port}", directory / "events")
+        yield Service(f"127.0.0.1:{port}", directory / "events", f"127.0.0.1:{shipper_port}")
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -438,10 +466,14 @@ def service(tmp_path_factory) -> Iterator[Service]:
 
 @pytest.fixture(scope="module")
 def prometheus(service):
+    targets = {"modelmon": service.address, "modelmon-shipper": service.shipper}
+    shipped = yaml.safe_load((REPO / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
+    assert sorted(targets) == sorted(job["job_name"] for job in shipped)  # the jobs of prometheus.yml
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": ["rules/*.yml"],
-        "scrape_configs": [{"job_name": "modelmon", "static_configs": [{"targets": [service.address]}]}],
+        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [address]}]}
+                           for job, address in targets.items()],
     }
     with start_prometheus(config, RULE_FILES) as prom:
         yield prom
@@ -474,6 +506,14 @@ def test_every_prometheus_query_returns_series(prometheus):
     print(f"{queries} panel queries return series after {time.monotonic() - started:.0f}s")
     firing = prometheus.query('ALERTS{alertstate="firing", alertname="ModelmonNonFinitePredictions"}')
     assert {(a["metric"]["model"], a["metric"]["version"]) for a in firing} == {("dash-house", "1.1")}
+    # The shipper dead-lettered the service's one corrupt line; nothing else.
+    firing = prometheus.wait_for('ALERTS{alertstate="firing", alertname="ModelmonShipperRejectedDocuments"}', 30)
+    assert {(a["metric"]["job"], a["metric"]["kind"]) for a in firing} == {("modelmon-shipper", "corrupt")}
+    # The ops dashboard's job variable lists the shipper's job: the pipeline alerts' links select it.
+    (job,) = [v for v in DASHBOARDS["model-service.json"]["templating"]["list"] if v["name"] == "job"]
+    selector, label = variable_query(job)
+    listed = prometheus.get(f"/api/v1/label/{label}/values", **{"match[]": selector})["data"]
+    assert sorted(listed) == ["modelmon", "modelmon-shipper"]
 
 
 def search_body(target: dict, query: str, start_ms: int, end_ms: int, time_field: str) -> dict:
