@@ -18,7 +18,7 @@ from modelmon import ModelMonitor, Reference
 from modelmon.events import EventLog
 
 
-def cases() -> dict:
+def cases(events_dir: str) -> dict:
     """Name -> (what it does, a call doing it once), all on fresh monitors of the 20-feature model."""
     ref = Reference.from_data(training_data(), model="m", version="1", prediction="price")
     rows, predictions = rows_of(training_data(rows=2000, seed=11))
@@ -41,7 +41,7 @@ def cases() -> dict:
         "observe": ("observe, 2,000 rows", per_row(monitor(), False)),
         "observe-ids": ("observe with prediction_id, 2,000 rows", per_row(monitor(), True)),
         "observe-events": ("observe with an EventLog (sample_rate 1.0), 2,000 rows",
-                           per_row(monitor(events=EventLog(tempfile.mkdtemp(prefix="bench-events-"))), True)),
+                           per_row(monitor(events=EventLog(events_dir)), True)),
         "batch-1000": ("observe_batch of a 1,000-row DataFrame", batch(1000)),
         "batch-100000": ("observe_batch of a 100,000-row DataFrame", batch(100_000)),
     }
@@ -61,10 +61,11 @@ def profile(fn, seconds: float = 2.0) -> str:
 
 
 def main() -> None:
-    known = cases()
-    for name in sys.argv[1:] or list(known):
-        title, fn = known[name]
-        print(f"### {name}: {title}\n\n```\n{profile(fn).strip()}\n```\n")
+    with tempfile.TemporaryDirectory(prefix="bench-events-") as events_dir:
+        known = cases(events_dir)
+        for name in sys.argv[1:] or list(known):
+            title, fn = known[name]
+            print(f"### {name}: {title}\n\n```\n{profile(fn).strip()}\n```\n")
 
 
 if __name__ == "__main__":
