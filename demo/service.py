@@ -26,8 +26,8 @@ from modelmon.outcomes import OutcomeStore
 
 from .model import BUILD, FEATURES, MODEL, MODEL_PATH, NUMERIC, REFERENCE_PATH, VERSION
 
-threadpool_limits(1)  # one row per call: OpenMP threads only add latency on a few cores
 model = joblib.load(MODEL_PATH)
+threadpool_limits(1)  # after the load, which brings OpenMP in: one row per call needs no threads
 monitor = ModelMonitor(
     MODEL, VERSION, REFERENCE_PATH,
     dependencies=("modelmon", "numpy", "pandas", "scikit-learn", "joblib"),

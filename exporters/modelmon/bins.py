@@ -139,7 +139,7 @@ class NumericBins:
 
     def count_array(self, column: Any) -> tuple[list[int], float]:
         """Counts per bin (relative to this column's first slot) and the sum of finite values."""
-        x = np.asarray(column)
+        x = column.to_numpy() if hasattr(column, "to_numpy") else np.asarray(column)
         if x.ndim != 1 or x.dtype.kind not in "fiu":  # object, bool, ...: value by value
             scratch = NumericBins(self.edges, [0] * len(self.labels), [0.0], 0, 0)
             for value in x.tolist() if x.ndim == 1 else list(column):
@@ -188,8 +188,8 @@ class CategoricalBins:
     def count_array(self, column: Any) -> tuple[list[int], float]:
         """Counts per bin (relative to this column's first slot); the sum is always 0.
 
-        Distinct values are looked up once: with pandas loaded, pandas.factorize finds
-        them in C; otherwise collections.Counter does.
+        Distinct values are looked up once: found by pandas.factorize (in C) for long
+        columns when pandas is loaded, by collections.Counter otherwise.
         """
         counts = [0] * len(self.labels)
         for value, n in _tally(column):
@@ -197,10 +197,13 @@ class CategoricalBins:
         return counts, 0.0
 
 
+FACTORIZE_FROM_ROWS = 10_000  # below, collections.Counter is faster than pandas.factorize
+
+
 def _tally(column: Any) -> Iterable[tuple[Any, int]]:
     """(distinct value, occurrences) pairs of a column; missing values come as None."""
     pd = sys.modules.get("pandas")
-    if pd is not None and getattr(column, "ndim", 0) == 1:  # a numpy array or pandas Series
+    if pd is not None and getattr(column, "ndim", 0) == 1 and len(column) >= FACTORIZE_FROM_ROWS:
         try:
             codes, uniques = pd.factorize(column, use_na_sentinel=True)
         except TypeError:  # unhashable values (lists, dicts)

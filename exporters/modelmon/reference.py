@@ -8,6 +8,7 @@ and what was expected.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -93,7 +94,7 @@ class Reference:
     evaluation: dict[str, float] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
-    @property
+    @functools.cached_property
     def hash(self) -> str:
         """Short content hash, exported as the ``reference`` label of modelmon_model_info."""
         body = json.dumps(self._body(), sort_keys=True, default=str)
