@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from .events import DATASET, MASK
+from .events import DATASET, MASK, parse_timestamp
 
 DATA_STREAMS = f"logs-{DATASET}-*"
 # Mappings of their own: flattening stops at these keys.
@@ -67,14 +67,7 @@ def parse_since(text: str | None, now: datetime | None = None) -> datetime | Non
 
 
 def event_time(event: Mapping[str, Any]) -> datetime | None:
-    stamp = event.get("@timestamp")
-    if not isinstance(stamp, str):
-        return None
-    try:
-        when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return parse_timestamp(event.get("@timestamp"))
 
 
 def flatten(document: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

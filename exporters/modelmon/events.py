@@ -16,6 +16,7 @@ import random
 import sys
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -82,6 +83,17 @@ def json_safe(value: Any, max_length: int) -> Any:
         except (TypeError, ValueError):
             pass
     return str(value)[:max_length]
+
+
+def parse_timestamp(stamp: object) -> datetime | None:
+    """An event's ``@timestamp`` as an aware datetime (UTC if it names no zone), or None."""
+    if not isinstance(stamp, str):
+        return None
+    try:
+        when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
 def add_prediction(event: dict[str, Any], value: Any) -> None:

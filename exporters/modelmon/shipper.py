@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Iterator
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from .elk_setup import SetupError, add_connection_arguments, connect, elasticsearch_module
+from .events import parse_timestamp
 from .metrics import SHIPPER_CONTRACT
 
 if TYPE_CHECKING:
@@ -143,15 +144,8 @@ def _reject_constant(name: str) -> None:
 
 
 def _epoch(timestamp: object) -> float | None:
-    if not isinstance(timestamp, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.timestamp()
+    parsed = parse_timestamp(timestamp)
+    return None if parsed is None else parsed.timestamp()
 
 
 def _now_iso() -> str:
