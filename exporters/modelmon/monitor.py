@@ -233,12 +233,13 @@ class ModelMonitor:
         counted as an input error. ``prediction_ids`` lets delayed labels join the rows.
         """
         try:
-            n = self._batch_rows(features, predictions)
+            outputs = self._prediction_columns(predictions)
+            n = self._batch_rows(features, outputs)
             if n is None:
                 return
             pending = list(self._batch_counts(self._features, features, n))
             if self._outputs:
-                pending += self._batch_counts(self._outputs, self._prediction_columns(predictions), n)
+                pending += self._batch_counts(self._outputs, outputs, n)
             with self._lock:
                 self._rows += n
                 counts, sums = self._counts, self._sums
@@ -251,16 +252,16 @@ class ModelMonitor:
             if duration is not None:
                 self._duration_child.observe(duration)
             if prediction_ids is not None and self._tracker is not None:
-                self._remember_batch(prediction_ids, predictions, n)
+                self._remember_batch(prediction_ids, outputs, n)
         except Exception as exc:
             self._errors.count("observe", exc)
             return
         if self._events is not None:
-            self._log_batch(features, predictions, n)
+            self._log_batch(features, outputs, n)
 
-    def _remember_batch(self, prediction_ids: Any, predictions: Any, n: int) -> None:
+    def _remember_batch(self, prediction_ids: Any, outputs: Mapping[str, Any], n: int) -> None:
         ids = _row_values({"ids": prediction_ids}, "ids", n)
-        values = _row_values(self._prediction_columns(predictions), self._tracker_output, n)
+        values = _row_values(outputs, self._tracker_output, n)
         if ids is None or values is None:
             self._errors.count("input", f"prediction_ids must have one id per row ({n})")
             return
@@ -282,7 +283,7 @@ class ModelMonitor:
             self._errors.count("outcome", exc)
             return False
 
-    def _log_batch(self, features: Any, predictions: Any, n: int) -> None:
+    def _log_batch(self, features: Any, prediction_columns: Mapping[str, Any], n: int) -> None:
         """Events for a batch's anomalous and sampled rows (row by row: the slow path)."""
         try:
             if self._scratch is None:  # binners counting into throw-away lists, same slots
@@ -291,7 +292,7 @@ class ModelMonitor:
                 self._scratch = (self._binners(self.reference.features, counts, sums),
                                  self._binners(self.reference.outputs, counts, sums))
             columns = {name: _row_values(features, name, n) for name in self._features}
-            outputs = {name: _row_values(self._prediction_columns(predictions), name, n) for name in self._outputs}
+            outputs = {name: _row_values(prediction_columns, name, n) for name in self._outputs}
             scratch_features, scratch_outputs = self._scratch
             for i in range(n):
                 row = {name: values[i] for name, values in columns.items() if values is not None}
@@ -302,13 +303,12 @@ class ModelMonitor:
         except Exception as exc:
             self._errors.count("log", exc)
 
-    def _batch_rows(self, features: Any, predictions: Any) -> int | None:
+    def _batch_rows(self, features: Any, outputs: Mapping[str, Any]) -> int | None:
         if not (isinstance(features, Mapping) or hasattr(features, "columns")):
             self._errors.count("input", f"batch features must be a DataFrame or mapping, got {type(features).__name__}")
             return None
-        columns = self._prediction_columns(predictions)
         try:
-            lengths = {len(col) for col in columns.values() if col is not None}
+            lengths = {len(col) for col in outputs.values() if col is not None}
         except TypeError:
             lengths = set()
         if len(lengths) != 1:
