@@ -2,7 +2,7 @@
 
 The events are the Ames house-prices rows (79 features, the demo model's input) written
 by ``modelmon.events.EventLog``, so each line has the producer's exact format and size.
-A warm-up batch creates the data stream first; then ``modelmon ship`` runs as its own
+Each run first creates its data stream with a small bulk; then ``modelmon ship`` runs as its own
 process until Elasticsearch has acknowledged every event. Measured: events per second
 from the shipper's start to the last acknowledgement, and the shipper's peak RSS
 (VmHWM). Elasticsearch (512 MB heap) shares the machine's cores with the shipper.
@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -134,74 +135,85 @@ def unindexed_inputs(es: Elasticsearch, namespace: str) -> None:
     )
 
 
+MAPPINGS = {"default": "inputs flattened (default)", "unindexed": "inputs in _source only (@custom)"}
+
+
+def ship_once(es: Elasticsearch, url: str, work: Path, key: str, count: int, run: int) -> dict:
+    """Ship the measured events into a new data stream with mapping ``key``: rate, memory, CPU."""
+    namespace = f"bench{key}{run}{int(time.time())}"
+    if key == "unindexed":
+        unindexed_inputs(es, namespace)
+    # A small first bulk creates the data stream, so its creation is not timed.
+    config = ShipperConfig(work / "create", namespace=namespace, state_dir=work / f"create-{namespace}")
+    shipper = Shipper(es, config)
+    while shipper.run_once():
+        pass
+    seconds, peak, cpu = ship(work / "events", work / f"state-{namespace}", namespace, url, count)
+    es.indices.refresh(index=config.data_stream)
+    stored = es.count(index=config.data_stream)["count"] - CREATE
+    return {"mapping": key, "events_per_second": count / seconds, "peak_rss_bytes": peak,
+            "cpu_per_event": cpu / count, "stored": stored}  # fmt: skip
+
+
+CREATE = 100  # events that create each data stream before the timed run
+
+
 def main() -> None:
     args = arguments(__doc__)
-    count, warmup = (20_000, 5000) if args.quick else (100_000, 20_000)
+    count, rounds = (20_000, 1) if args.quick else (100_000, 3)
     work = Path(tempfile.mkdtemp(prefix="bench-shipper-"))
     url, node = os.environ.get("ELASTICSEARCH_URL"), None
     if not url:
         node = Path(tempfile.mkdtemp(prefix="bench-es-"))
         started = subprocess.run([str(SCRIPT), "start", str(node)], check=True, capture_output=True, text=True)
         url = started.stdout.strip()
-    rows, data = [], {}
     try:
         es = Elasticsearch(url, request_timeout=60)
         install_elasticsearch(es, DEFAULT_ASSETS)
-        write(work / "warmup", warmup, "warmup")
+        write(work / "create", CREATE, "create")
         produce = write(work / "events", count, "bench")
         size = sum(p.stat().st_size for p in (work / "events").glob("predictions-*"))
-        mappings = (("inputs flattened (default)", "default"), ("inputs in _source only (@custom)", "unindexed"))
-        for label, key in mappings:
-            namespace = f"bench{key}{int(time.time())}"
-            if key == "unindexed":
-                unindexed_inputs(es, namespace)
-            # A warm-up into the same data stream: created, and the JVM's code compiled.
-            config = ShipperConfig(work / "warmup", namespace=namespace, state_dir=work / f"warm-{key}")
-            shipper = Shipper(es, config)
-            while shipper.run_once():
-                pass
-            seconds, peak, cpu = ship(work / "events", work / f"state-{key}", namespace, url, count)
-            es.indices.refresh(index=shipper.config.data_stream)
-            stored = es.count(index=shipper.config.data_stream)["count"]
-            rate = count / seconds
-            data[key] = {"seconds": seconds, "events_per_second": rate, "peak_rss_bytes": peak, "stored": stored,
-                         "shipper_cpu_seconds": cpu}  # fmt: skip
-            rows.append([
-                label, count, f"{seconds:.1f} s", f"{rate:,.0f}", f"{size / seconds / 1e6:.1f}",
-                f"{cpu / count * 1e6:.0f} us", f"{mib(peak):.0f} MiB", f"{stored:,} of {count + warmup:,}",
-            ])  # fmt: skip
+        # The first run meets a cold JVM (its JIT compiles the indexing code); the second
+        # warms it further. Both are reported; the target is judged on the runs after them,
+        # which alternate the mappings so a change in the machine's load hits both.
+        cold = [ship_once(es, url, work, "default", count, run) for run in range(2)]
+        warm = [ship_once(es, url, work, key, count, 10 + i) for i in range(rounds) for key in MAPPINGS]
     finally:
         if node is not None:
             subprocess.run([str(SCRIPT), "stop", str(node)], check=False)
             shutil.rmtree(node, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
+    runs = cold + warm
+    median = {key: statistics.median(r["events_per_second"] for r in warm if r["mapping"] == key) for key in MAPPINGS}
+    rows = [
+        [f"{label}: run {i + 1}", f"{r['events_per_second']:,.0f}", f"{size / count * r['events_per_second'] / 1e6:.1f}",
+         f"{r['cpu_per_event'] * 1e6:.0f} us", f"{mib(r['peak_rss_bytes']):.0f} MiB", f"{r['stored']:,} of {count:,}"]
+        for i, r in enumerate(runs)
+        for label in [MAPPINGS[r["mapping"]] + (" (fresh node)" if i < len(cold) else "")]
+    ]  # fmt: skip
     markdown = table(
-        ["mapping", "events", "shipped in", "events/s", "MB/s", "shipper CPU per event", "shipper peak RSS",
-         "in Elasticsearch"],
-        rows,
+        ["mapping", "events/s", "MB/s", "shipper CPU per event", "shipper peak RSS", "in Elasticsearch"], rows
     ) + (
-        f"\n\n{size / count:.0f} bytes per event (79 Ames features); the producer (EventLog) wrote them at "
-        f"{produce / count * 1e6:.0f} us per event. The shipper's CPU per event (start-up included) "
-        "bounds what it can ship on one core; the rest of the time is Elasticsearch's."
+        f"\n\n{count:,} events per run, {size / count:.0f} bytes each (79 Ames features); the producer "
+        f"(EventLog) wrote them at {produce / count * 1e6:.0f} us per event. Median after the two runs on a "
+        f"fresh node: {median['default']:,.0f} events/s with the default mapping, {median['unindexed']:,.0f} with "
+        "the inputs unindexed. The shipper's CPU per event (start-up included) bounds what it can ship on one "
+        "core; the rest of the time is Elasticsearch's (512 MB heap, same 2 cores)."
     )
-    default = data["default"]
-    rate, peak = default["events_per_second"], max(d["peak_rss_bytes"] for d in data.values())
+    rate, peak = median["default"], max(r["peak_rss_bytes"] for r in runs)
     write_result(
         args,
         "Event shipper",
         markdown,
         [
             target(
-                f"shipping >= {TARGET_RATE:,} events/s", f"{rate:,.0f}/s", None if args.quick else rate >= TARGET_RATE
-            ),
+                f"shipping >= {TARGET_RATE:,} events/s (median, warm node)", f"{rate:,.0f}/s",
+                None if args.quick else rate >= TARGET_RATE,
+            ),  # fmt: skip
             target(f"shipper peak RSS < {TARGET_RSS} MiB", f"{mib(peak):.0f} MiB", mib(peak) < TARGET_RSS),
-            target(
-                "every event stored once",
-                ", ".join(f"{d['stored']:,}" for d in data.values()),
-                all(d["stored"] == count + warmup for d in data.values()),
-            ),
+            target("every event stored once", f"{len(runs)} runs", all(r["stored"] == count for r in runs)),
         ],
-        {"events": count, "bytes": size, **data},
+        {"events": count, "bytes": size, "runs": runs, "median_events_per_second": median},
     )
 
 
