@@ -209,7 +209,7 @@ def main() -> None:
             target(
                 f"shipping >= {TARGET_RATE:,} events/s (median, warm node)", f"{rate:,.0f}/s",
                 None if args.quick else rate >= TARGET_RATE,
-            ),  # fmt: skip
+            ),
             target(f"shipper peak RSS < {TARGET_RSS} MiB", f"{mib(peak):.0f} MiB", mib(peak) < TARGET_RSS),
             target("every event stored once", f"{len(runs)} runs", all(r["stored"] == count for r in runs)),
         ],
