@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from modelmon.bins import CategoricalBins, NumericBins, numeric_bin_labels
+from modelmon.bins import COMPARE_FROM_ROWS_PER_EDGE, CategoricalBins, NumericBins, numeric_bin_labels
 
 EDGES = [0.0, 10.0, 20.0, 30.0]
 
@@ -129,6 +129,23 @@ def test_numeric_array_counts_equal_value_by_value(column):
     counts, total = numeric().count_array(column)
     assert counts == one_by_one._counts
     assert total == pytest.approx(one_by_one._sums[0])
+
+
+@pytest.mark.parametrize("edges", [EDGES, [3.0]])
+@pytest.mark.parametrize("specials", [[], [np.nan, np.inf, -np.inf]])
+def test_long_numeric_arrays_counted_by_comparison_equal_value_by_value(edges, specials):
+    """Past COMPARE_FROM_ROWS_PER_EDGE rows per edge count_array compares instead of searching."""
+    rng = np.random.default_rng(7)
+    values = np.concatenate([rng.uniform(-10, 40, 5000), np.repeat(edges, 3), specials])
+    columns = [rng.permutation(values), np.round(values[np.isfinite(values)]).astype(np.int32)]
+    for column in columns:
+        assert len(column) >= COMPARE_FROM_ROWS_PER_EDGE * len(edges)
+        one_by_one = NumericBins(edges, [0] * (len(edges) + 3 + (len(edges) == 1)), [0.0], 0, 0)
+        for v in column.tolist():
+            one_by_one.add(v)
+        counts, total = NumericBins(edges, [], [0.0], 0, 0).count_array(column)
+        assert counts == one_by_one._counts
+        assert total == pytest.approx(one_by_one._sums[0])
 
 
 @pytest.mark.parametrize(

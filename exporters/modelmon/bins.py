@@ -73,6 +73,9 @@ def category_key(value: Any) -> str | None:
     return INVALID
 
 
+COMPARE_FROM_ROWS_PER_EDGE = 200  # from len(column) / len(edges) on, count_array compares
+
+
 class NumericBins:
     """Bins of a numeric column; counts go to ``counts[offset + slot]``."""
 
@@ -146,6 +149,8 @@ class NumericBins:
                 scratch.add(value)
             return scratch._counts, scratch._sums[0]
         x = x.astype(np.float64, copy=False)
+        if len(x) >= COMPARE_FROM_ROWS_PER_EDGE * self._m:
+            return self._count_by_comparison(x)
         slots = self._table[np.searchsorted(self.edges, x, side="right")]
         slots[x == self._top] = max(self._m - 2, 0)
         finite = np.isfinite(x)
@@ -154,6 +159,22 @@ class NumericBins:
             slots[np.isnan(x)] = self.n_in_range + 2
             x = x[finite]
         return np.bincount(slots, minlength=len(self.labels)).tolist(), float(x.sum())
+
+    def _count_by_comparison(self, x: np.ndarray) -> tuple[list[int], float]:
+        """``count_array`` for long columns: one vectorised pass per edge (values under it)
+        instead of a binary search per value, several times faster past a few thousand rows."""
+        total = float(x.sum())
+        nan = posinf = neginf = 0
+        if not math.isfinite(total):  # a NaN or an inf somewhere (or a sum past float's range)
+            nan = int(np.count_nonzero(np.isnan(x)))
+            posinf, neginf = int(np.count_nonzero(x == math.inf)), int(np.count_nonzero(x == -math.inf))
+            total = float(x[np.isfinite(x)].sum())
+        under = [int(np.count_nonzero(x < edge)) for edge in self.edges]
+        at_top = int(np.count_nonzero(x == self._top))
+        counts = [under[i + 1] - under[i] for i in range(self._m - 1)] or [0]
+        counts[-1] += at_top  # the last bin is closed
+        counts += [under[0] - neginf, len(x) - nan - under[-1] - at_top - posinf, nan, posinf + neginf]
+        return counts, total
 
 
 class CategoricalBins:
