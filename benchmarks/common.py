@@ -54,17 +54,21 @@ def seconds(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+MIN_SAMPLE_SECONDS = 0.1
+
+
 def interleaved(contenders: dict[str, tuple[Callable[[], object], int]], rounds: int) -> dict[str, float]:
     """Median seconds per item of each contender, run in turn round after round after a warm-up.
 
-    ``contenders`` maps a name to (a call doing the work once, the items it processes).
+    ``contenders`` maps a name to (a call doing the work once, the items it processes). A
+    sample repeats a call that the warm-up found short for about ``MIN_SAMPLE_SECONDS``, so
+    a millisecond call is judged over many calls, not by one timer reading.
     """
-    for fn, _ in contenders.values():
-        fn()
+    repeats = {name: max(1, round(MIN_SAMPLE_SECONDS / seconds(fn))) for name, (fn, _) in contenders.items()}
     samples: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(rounds):
         for name, (fn, items) in contenders.items():
-            samples[name].append(seconds(fn) / items)
+            samples[name].append(seconds(lambda: [fn() for _ in range(repeats[name])]) / repeats[name] / items)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 

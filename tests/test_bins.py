@@ -8,7 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from modelmon.bins import COMPARE_FROM_ROWS_PER_EDGE, CategoricalBins, NumericBins, numeric_bin_labels
+from modelmon.bins import (
+    COMPARE_FROM_ROWS_PER_EDGE,
+    VALUE_COUNTS_FROM_ROWS,
+    CategoricalBins,
+    NumericBins,
+    numeric_bin_labels,
+)
 
 EDGES = [0.0, 10.0, 20.0, 30.0]
 
@@ -156,6 +162,8 @@ def test_long_numeric_arrays_counted_by_comparison_equal_value_by_value(edges, s
         pd.Series(["a", None, "b"], dtype="string"),
         pd.Series(["a", "b", "a"], dtype="category"),
         [{"x": 1}, "a", ["b"]],
+        [True, 1, 1.0, False, 0, True],  # hashing alone would merge True with 1
+        np.array([True, False, True]),
     ],
 )
 def test_categorical_array_counts_equal_value_by_value(column):
@@ -165,3 +173,25 @@ def test_categorical_array_counts_equal_value_by_value(column):
     counts, _ = categorical().count_array(column)
     assert counts == one_by_one._counts
     assert sum(counts) == len(column)
+
+
+LONG = ["a", None, math.nan, pd.NA, 7, 7.0, "7", 2.5, "q", "b", True, 1, 0.0, False]
+
+
+@pytest.mark.parametrize(
+    "column",
+    [
+        np.array(LONG * 1000, dtype=object),
+        pd.Series(LONG * 1000),
+        pd.Series(["a", None, "b", "z"] * 2000, dtype="string"),
+        pd.Series(["a", "b", "a", "q"] * 2000, dtype="category"),
+        np.array([[1], "a"] * 3000, dtype=object),  # unhashable: value by value
+    ],
+)
+def test_long_categorical_arrays_counted_by_pandas_equal_value_by_value(column):
+    assert len(column) >= VALUE_COUNTS_FROM_ROWS
+    one_by_one = categorical()
+    for v in list(column):
+        one_by_one.add(v)
+    counts, _ = categorical().count_array(column)
+    assert counts == one_by_one._counts

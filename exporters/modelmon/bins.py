@@ -209,7 +209,7 @@ class CategoricalBins:
     def count_array(self, column: Any) -> tuple[list[int], float]:
         """Counts per bin (relative to this column's first slot); the sum is always 0.
 
-        Distinct values are looked up once: found by pandas.factorize (in C) for long
+        Distinct values are looked up once: counted by pandas' value_counts (in C) for long
         columns when pandas is loaded, by collections.Counter otherwise.
         """
         counts = [0] * len(self.labels)
@@ -218,26 +218,32 @@ class CategoricalBins:
         return counts, 0.0
 
 
-FACTORIZE_FROM_ROWS = 10_000  # below, collections.Counter is faster than pandas.factorize
+VALUE_COUNTS_FROM_ROWS = 5_000  # below, collections.Counter is faster than pandas
 
 
 def _tally(column: Any) -> Iterable[tuple[Any, int]]:
-    """(distinct value, occurrences) pairs of a column; missing values come as None."""
-    pd = sys.modules.get("pandas")
-    if pd is not None and getattr(column, "ndim", 0) == 1 and len(column) >= FACTORIZE_FROM_ROWS:
-        try:
-            codes, uniques = pd.factorize(column, use_na_sentinel=True)
-        except TypeError:  # unhashable values (lists, dicts)
-            pass
-        else:
-            occurrences = np.bincount(codes + 1, minlength=len(uniques) + 1).tolist()
-            return [(None, occurrences[0])] + list(zip(uniques.tolist() if hasattr(uniques, "tolist")
-                                                       else list(uniques), occurrences[1:]))
-    values = column.tolist() if hasattr(column, "tolist") else list(column)
-    try:
-        return Counter(values).items()
-    except TypeError:  # unhashable values: one by one
+    """(distinct value, occurrences) pairs of a column; missing values come as None or NaN."""
+    pairs = _hashed_tally(column)
+    if pairs is None or (getattr(column, "dtype", None) != np.bool_ and any(type(v) in _BOOLS for v, _ in pairs)):
+        # Hashing merges True with 1 and 1.0 (False with 0), which are different categories.
+        values = column.tolist() if hasattr(column, "tolist") else list(column)
         return ((value, 1) for value in values)
+    return pairs
+
+
+_BOOLS = (bool, np.bool_)
+
+
+def _hashed_tally(column: Any) -> list[tuple[Any, int]] | None:
+    """Distinct values counted by hashing; None for unhashable values."""
+    pd = sys.modules.get("pandas")
+    try:
+        if pd is not None and getattr(column, "ndim", 0) == 1 and len(column) >= VALUE_COUNTS_FROM_ROWS:
+            counted = pd.Series(column, copy=False).value_counts(dropna=False, sort=False)
+            return list(zip(counted.index.tolist(), counted.tolist()))
+        return list(Counter(column.tolist() if hasattr(column, "tolist") else list(column)).items())
+    except TypeError:  # unhashable values (lists, dicts)
+        return None
 
 
 _TOKEN = re.compile(r"\w+")
