@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
 from modelmon import ModelMonitor
 from modelmon.events import EventLog, Redaction
@@ -116,6 +117,19 @@ def test_files_rotate_and_stay_bounded(events_monitor):
     assert all(f.stat().st_size <= 4096 for f in files)
     ids = [int(e["event.id"]) for e in read_events(directory)]
     assert max(ids) == 499 and len(ids) < 500
+
+
+def test_a_reopened_file_with_wide_characters_stays_bounded(reference, tmp_path):
+    """The handler counts the file's size itself: in bytes, from the size of the file it reopens."""
+    for run in range(2):  # 3 events of about 740 bytes each time: the file passes 4096 in the second
+        log = EventLog(tmp_path, max_bytes=4096, backup_count=1)
+        monitor = ModelMonitor("house", "1.0", reference, registry=CollectorRegistry(), events=log)
+        for i in range(3):
+            monitor.observe({**ROW, "city": "Zürich ✓"}, 300.0, prediction_id=f"{run}-{i}")
+        log.close()
+    sizes = [f.stat().st_size for f in tmp_path.iterdir()]
+    assert len(sizes) == 2 and max(sizes) <= 4096, sizes
+    assert [e["modelmon.inputs"]["city"] for e in read_events(tmp_path)] == ["Zürich ✓"] * 6
 
 
 def test_batch_logs_anomalous_rows_with_their_flags(events_monitor, registry):

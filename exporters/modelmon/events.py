@@ -25,6 +25,7 @@ from pythonjsonlogger.json import JsonFormatter
 
 ECS_VERSION = "8.11.0"
 DATASET = "modelmon.predictions"
+LOGGER = "modelmon.events"
 MAX_KEYS = 500
 MASK = "****"
 
@@ -55,8 +56,12 @@ class Redaction:
             raise ValueError(f"Redaction: max_length must be positive, got {self.max_length}")
 
     def apply(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+        items = fields.items() if len(fields) <= MAX_KEYS else list(fields.items())[:MAX_KEYS]
+        limit = self.max_length
+        if not (self.drop or self.mask or self.hash):
+            return {str(name)[:limit]: json_safe(value, limit) for name, value in items}
         out: dict[str, Any] = {}
-        for name, value in list(fields.items())[:MAX_KEYS]:
+        for name, value in items:
             name = str(name)[: self.max_length]
             if name in self.drop:
                 continue
@@ -106,12 +111,30 @@ def add_prediction(event: dict[str, Any], value: Any) -> None:
         event["modelmon.prediction.label"] = value
 
 
-class _CountingHandler(RotatingFileHandler):
-    """A rotating file handler whose failures are counted, not printed to stderr."""
+class _EventFileHandler(RotatingFileHandler):
+    """A rotating file handler that formats each event once and counts its failures.
+
+    The standard ``shouldRollover`` formats every record a second time and stats the file
+    to learn its size; this one keeps the size itself (the JSON is ASCII: characters are
+    bytes) and rotates before a line would take the file past ``maxBytes``.
+    """
 
     def __init__(self, path: Path, max_bytes: int, backup_count: int, on_error: Callable[[BaseException], None]):
         super().__init__(path, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8")
         self._on_error = on_error
+        self._size = os.fstat(self.stream.fileno()).st_size
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + "\n"
+            if self._size and self._size + len(line) > self.maxBytes:
+                self.doRollover()
+                self._size = 0
+            self.stream.write(line)
+            self.stream.flush()
+            self._size += len(line)
+        except Exception:
+            self.handleError(record)
 
     def handleError(self, record: logging.LogRecord) -> None:
         self._on_error(sys.exc_info()[1] or RuntimeError("event not written"))
@@ -141,7 +164,7 @@ class EventLog:
         self.labels = {str(k): str(v) for k, v in (labels or {}).items()}
         self._max_bytes, self._backup_count = max_bytes, backup_count
         self._random = random.Random()
-        self._logger: logging.Logger | None = None
+        self._handler: _EventFileHandler | None = None
         self._pid = 0
         self.on_error: Callable[[BaseException], None] = lambda exc: None
 
@@ -152,15 +175,13 @@ class EventLog:
     def sampled(self) -> bool:
         return self.sample_rate >= 1.0 or self._random.random() < self.sample_rate
 
-    def _writer(self) -> logging.Logger:
-        """This process's logger, opened on first use and again after a fork."""
-        if self._logger is None or self._pid != os.getpid():
-            handler = _CountingHandler(self.path, self._max_bytes, self._backup_count, lambda e: self.on_error(e))
+    def _writer(self) -> _EventFileHandler:
+        """This process's file handler, opened on first use and again after a fork."""
+        if self._handler is None or self._pid != os.getpid():
+            handler = _EventFileHandler(self.path, self._max_bytes, self._backup_count, lambda e: self.on_error(e))
             handler.setFormatter(JsonFormatter("%(message)s", timestamp="@timestamp"))
-            logger = logging.Logger(f"modelmon.events.{os.getpid()}")
-            logger.addHandler(handler)
-            self._logger, self._pid = logger, os.getpid()
-        return self._logger
+            self._handler, self._pid = handler, os.getpid()
+        return self._handler
 
     def write(
         self,
@@ -213,11 +234,11 @@ class EventLog:
         if error is not None:
             event["error.type"] = type(error).__name__
             event["error.message"] = str(error)[: self.redaction.max_length]
-        self._writer().info(event)
+        # Straight to the handler: a Logger would only add a walk up the stack (findCaller).
+        self._writer().handle(logging.LogRecord(LOGGER, logging.INFO, __file__, 0, event, None, None))
 
     def close(self) -> None:
-        if self._logger is not None and self._pid == os.getpid():
-            for handler in self._logger.handlers:
-                handler.close()
-        self._logger = None
+        if self._handler is not None and self._pid == os.getpid():
+            self._handler.close()
+        self._handler = None
 
