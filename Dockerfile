@@ -15,15 +15,16 @@ WORKDIR /app
 
 # The package with the extras the stack needs: demo (scikit-learn, pandas, Flask,
 # gunicorn, requests) and elastic (the Elasticsearch client for ship and setup).
-# README.md is read by the package metadata (pyproject.toml `readme`).
+# README.md is read by the package metadata (pyproject.toml `readme`); elk/ holds the
+# Elasticsearch/Kibana assets the package carries for `modelmon setup` (through the
+# symlink exporters/modelmon/elk, so it is copied first).
 COPY pyproject.toml README.md ./
+COPY elk ./elk
 COPY exporters ./exporters
 RUN pip install ".[demo,elastic]"
 
-# The demo service, its data, and the Elasticsearch/Kibana assets `modelmon setup`
-# installs (passed as --assets /app/elk: the installed package cannot find them itself).
+# The demo service and its data.
 COPY demo ./demo
-COPY elk ./elk
 RUN python -m demo.train
 
 # Run as an unprivileged user. The directories below are the mount points of the named

@@ -3,16 +3,21 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 import threading
+import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
 from conftest import free_port
 from elastic import ROOT, elastic, es  # noqa: F401 (fixtures)
 
+from modelmon import elk_setup
 from modelmon.cli import main
-from modelmon.elk_setup import ilm_policy
+from modelmon.elk_setup import DEFAULT_ASSETS, ilm_policy
 
 
 def setup(capsys, *args: str) -> tuple[int, str, str]:
@@ -147,3 +152,20 @@ def test_import_errors_are_reported(elastic, kibana, capsys):
     code, _, err = setup(capsys, "--es-url", elastic.url, "--kibana-url", kibana, "--wait", "10")
     assert code == 1
     assert "Kibana import reported errors: lens/modelmon-lens-events" in err
+
+
+def test_the_built_package_carries_the_assets(tmp_path):
+    """A pip-installed modelmon finds elk/ itself (package data through exporters/modelmon/elk)."""
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("modelmon-*.whl")
+    expected = [p for p in sorted((ROOT / "elk").rglob("*")) if p.suffix in (".json", ".ndjson")]
+    assert len(expected) >= 6
+    with zipfile.ZipFile(wheel) as archive:
+        for path in expected:
+            name = "modelmon/elk/" + path.relative_to(ROOT / "elk").as_posix()
+            assert archive.read(name) == path.read_bytes(), name
+    # Where `modelmon setup` looks by default, inside the package, beside its own module.
+    assert DEFAULT_ASSETS.parent == Path(elk_setup.__file__).resolve().parent
+    assert sorted(DEFAULT_ASSETS.rglob("*.*json")) == [DEFAULT_ASSETS / p.relative_to(ROOT / "elk") for p in expected]

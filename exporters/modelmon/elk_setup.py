@@ -2,7 +2,8 @@
 saved objects. Idempotent: every call puts the same definitions again, so it is safe to
 run on every start.
 
-The assets are the files under ``elk/`` of the repository (``--assets``): each JSON file
+The assets are the files under ``elk/`` of the repository, which the package carries
+(``modelmon/elk``; ``--assets`` for edited copies): each JSON file
 in ``elk/elasticsearch/`` is the request body of its API call, and ``elk/kibana/*.ndjson``
 is imported through Kibana's saved-objects import API. The ``elasticsearch`` package
 (``pip install 'modelmon[elastic]'``) is imported only when a command runs.
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:
     from elasticsearch import Elasticsearch
 
-DEFAULT_ASSETS = Path(__file__).resolve().parents[2] / "elk"
+DEFAULT_ASSETS = Path(__file__).resolve().parent / "elk"  # elk/ of the repository
 ILM_POLICY = "modelmon-predictions"
 ILM_COMPONENT = "modelmon-predictions@ilm"
 INDEX_TEMPLATE = "logs-modelmon.predictions"
