@@ -27,6 +27,13 @@ def categorical() -> CategoricalBins:
     return CategoricalBins(["a", "b", "7"], [0] * 6, 0)
 
 
+def added(binner, column):
+    """The binner after adding the column's values one at a time (what count_array must match)."""
+    for value in list(column):
+        binner.add(value)
+    return binner
+
+
 def bin_of(binner, value) -> str:
     before = list(binner._counts)
     binner.add(value)
@@ -129,9 +136,7 @@ MIXED = [1.0, 10.0, 30.0, -5.0, 99.0, np.nan, np.inf, -np.inf, 0.0, 20.0, 29.9]
     ],
 )
 def test_numeric_array_counts_equal_value_by_value(column):
-    one_by_one = numeric()
-    for v in list(column):
-        one_by_one.add(v)
+    one_by_one = added(numeric(), column)
     counts, total = numeric().count_array(column)
     assert counts == one_by_one._counts
     assert total == pytest.approx(one_by_one._sums[0])
@@ -146,9 +151,7 @@ def test_long_numeric_arrays_counted_by_comparison_equal_value_by_value(edges, s
     columns = [rng.permutation(values), np.round(values[np.isfinite(values)]).astype(np.int32)]
     for column in columns:
         assert len(column) >= COMPARE_FROM_ROWS_PER_EDGE * len(edges)
-        one_by_one = NumericBins(edges, [0] * (len(edges) + 3 + (len(edges) == 1)), [0.0], 0, 0)
-        for v in column.tolist():
-            one_by_one.add(v)
+        one_by_one = added(NumericBins(edges, [0] * (len(edges) + 3 + (len(edges) == 1)), [0.0], 0, 0), column)
         counts, total = NumericBins(edges, [], [0.0], 0, 0).count_array(column)
         assert counts == one_by_one._counts
         assert total == pytest.approx(one_by_one._sums[0])
@@ -167,9 +170,7 @@ def test_long_numeric_arrays_counted_by_comparison_equal_value_by_value(edges, s
     ],
 )
 def test_categorical_array_counts_equal_value_by_value(column):
-    one_by_one = categorical()
-    for v in list(column):
-        one_by_one.add(v)
+    one_by_one = added(categorical(), column)
     counts, _ = categorical().count_array(column)
     assert counts == one_by_one._counts
     assert sum(counts) == len(column)
@@ -190,8 +191,6 @@ LONG = ["a", None, math.nan, pd.NA, 7, 7.0, "7", 2.5, "q", "b", True, 1, 0.0, Fa
 )
 def test_long_categorical_arrays_counted_by_pandas_equal_value_by_value(column):
     assert len(column) >= VALUE_COUNTS_FROM_ROWS
-    one_by_one = categorical()
-    for v in list(column):
-        one_by_one.add(v)
+    one_by_one = added(categorical(), column)
     counts, _ = categorical().count_array(column)
     assert counts == one_by_one._counts
