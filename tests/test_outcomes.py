@@ -109,6 +109,16 @@ def test_the_hot_path_leaves_writing_to_a_background_thread(reference, registry,
     assert len(store) == 1
 
 
+def test_a_label_finds_its_prediction_deep_in_the_write_queue(tmp_path):
+    """The queue is written WRITE_CHUNK rows per transaction; a label waits for all of it."""
+    store = OutcomeStore(tmp_path / "o.sqlite")
+    now = time.time()
+    for i in range(2 * OutcomeStore.WRITE_CHUNK + 10):
+        store.remember(("m", f"id{i}", "1", float(i), now))
+    assert store.take("m", f"id{2 * OutcomeStore.WRITE_CHUNK + 9}") == ("1", float(2 * OutcomeStore.WRITE_CHUNK + 9))
+    assert len(store) == 2 * OutcomeStore.WRITE_CHUNK + 9
+
+
 def test_bad_store_settings_fail_at_start_up(tmp_path):
     with pytest.raises(ValueError, match="ttl_seconds"):
         OutcomeStore(ttl_seconds=0)

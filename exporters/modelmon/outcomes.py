@@ -49,6 +49,7 @@ class OutcomeStore:
     WRITE_INTERVAL_SECONDS = 0.5
     PENDING_LIMIT = 10_000  # queued predictions that wake the writer early
     MAX_PENDING = 100_000  # queued predictions beyond which the caller writes them itself
+    WRITE_CHUNK = 5_000  # predictions written (and oldest dropped) per transaction
 
     def __init__(self, path: str | os.PathLike | None = None, *, ttl_seconds: float = DEFAULT_TTL_SECONDS,
                  max_rows: int | None = None):
@@ -122,10 +123,15 @@ class OutcomeStore:
     def write_pending(self) -> None:
         """Write the queued predictions, so other workers and a restarted process see them."""
         with self._lock:
+            self._write_queue()
+
+    def _write_queue(self) -> None:
+        while self._pending:
             self._put(self._drain())
 
     def _drain(self) -> list[tuple[str, str, str, Any, float]]:
-        return [self._pending.popleft() for _ in range(len(self._pending))]
+        """The oldest queued predictions, at most WRITE_CHUNK: short transactions, small buffers."""
+        return [self._pending.popleft() for _ in range(min(len(self._pending), self.WRITE_CHUNK))]
 
     def put(self, rows: Iterable[tuple[str, str, str, Any, float]]) -> None:
         """Store (model, id, version, predicted value, unix time) rows; a repeated id replaces."""
@@ -150,7 +156,7 @@ class OutcomeStore:
     def take(self, model: str, prediction_id: str) -> tuple[str, Any] | None:
         """Remove and return (version, predicted value) of a prediction, or None."""
         with self._lock:
-            self._put(self._drain())
+            self._write_queue()
             db = self._connect()
             with db:
                 row = db.execute(
