@@ -203,10 +203,11 @@ class ModelMonitor:
         self._errors.count("input", f"prediction must map each of {list(self._outputs)} to a value")
         return []
 
-    def _outputs_of(self, prediction: Any) -> Mapping[str, Any]:
+    def _by_output(self, prediction: Any) -> Mapping[str, Any]:
+        """A prediction (or a batch's column of them) by output name: a bare value is the only output's."""
         if isinstance(prediction, Mapping):
             return prediction
-        return {next(iter(self._outputs), "prediction"): prediction}
+        return {next(iter(self._outputs)) if len(self._outputs) == 1 else "prediction": prediction}
 
     def _log_row(self, features: Any, prediction: Any, slots: list[int], out_slots: list[int],
                  prediction_id: str | None, trace_id: str | None, duration: float | None) -> None:
@@ -218,7 +219,7 @@ class ModelMonitor:
                 return
             self._events.write(
                 model=self.model, version=self.version, reference=self.reference.hash,
-                inputs=features, outputs=self._outputs_of(prediction), flags=flags,
+                inputs=features, outputs=self._by_output(prediction), flags=flags,
                 nonfinite_prediction=nonfinite, prediction_id=prediction_id, trace_id=trace_id, duration=duration,
             )
         except Exception as exc:
@@ -233,7 +234,7 @@ class ModelMonitor:
         counted as an input error. ``prediction_ids`` lets delayed labels join the rows.
         """
         try:
-            outputs = self._prediction_columns(predictions)
+            outputs = self._by_output(predictions)
             n = self._batch_rows(features, outputs)
             if n is None:
                 return
@@ -315,13 +316,6 @@ class ModelMonitor:
             self._errors.count("input", "batch predictions must be an array, or a mapping of output to array")
             return None
         return lengths.pop()
-
-    def _prediction_columns(self, predictions: Any) -> Mapping[str, Any]:
-        if isinstance(predictions, Mapping):
-            return predictions
-        if len(self._outputs) == 1:
-            return {next(iter(self._outputs)): predictions}
-        return {"": predictions}
 
     def _batch_counts(self, binners: Mapping[str, Bins], columns: Any, n: int):
         for name, binner in binners.items():
