@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,17 +25,13 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.common import ROOT, arguments, mib, proc_status, rows_of, table, target, training_data, write_result
+from benchmarks.common import (
+    ROOT, arguments, free_port, mib, proc_status, rows_of, table, target, training_data, write_result,
+)
 from modelmon import ModelMonitor, Reference
 from modelmon.events import EventLog
 
 SCRIPT = ROOT / "scripts" / "elasticsearch.sh"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def acknowledged(port: int) -> float:

@@ -8,7 +8,6 @@ default) and without (``PROMETHEUS_DISABLE_CREATED_SERIES``); wall and CPU time.
 """
 from __future__ import annotations
 
-import socket
 import statistics
 import time
 import urllib.request
@@ -16,16 +15,10 @@ import urllib.request
 import prometheus_client
 from prometheus_client import CollectorRegistry
 
-from benchmarks.common import arguments, split, table, target, training_data, write_result
+from benchmarks.common import arguments, free_port, split, table, target, training_data, write_result
 from modelmon import ModelMonitor, Reference, start_http_server
 
 SIZES = (10, 100, 500)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def scrapes(url: str, between, count: int) -> tuple[float, float, bytes]:

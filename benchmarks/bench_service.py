@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import psutil
 
-from benchmarks.common import ROOT, arguments, table, target, write_result
+from benchmarks.common import ROOT, arguments, free_port, table, target, write_result
 from benchmarks.service_app import VARIANTS, build_paths
 
 BIN = Path(sys.executable).parent
@@ -61,14 +61,6 @@ def request_body(path: Path) -> Path:
     row = pd.read_csv(DATA / "test.csv")[FEATURES].dropna().iloc[0]
     path.write_text(json.dumps({"features": {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}}))
     return path
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

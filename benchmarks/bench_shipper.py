@@ -18,7 +18,6 @@ import csv
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from pathlib import Path
 from elasticsearch import Elasticsearch
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.common import ROOT, arguments, mib, proc_status, table, target, write_result
+from benchmarks.common import ROOT, arguments, free_port, mib, proc_status, table, target, write_result
 from modelmon.elk_setup import DEFAULT_ASSETS, install_elasticsearch
 from modelmon.events import EventLog
 from modelmon.shipper import Shipper, ShipperConfig
@@ -38,12 +37,6 @@ from modelmon.shipper import Shipper, ShipperConfig
 SCRIPT = ROOT / "scripts" / "elasticsearch.sh"
 TARGET_RATE = 10_000  # events per second
 TARGET_RSS = 200  # MiB
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cell(text: str) -> float | str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import time
 from pathlib import Path
@@ -46,6 +47,13 @@ def rows_of(frame: pd.DataFrame) -> tuple[list[dict], list[float]]:
     """One dict of Python values per row, as a service receives them, and the predictions."""
     features, predictions = split(frame)
     return features.to_dict("records"), predictions.tolist()
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def seconds(fn: Callable[[], object]) -> float:
