@@ -18,6 +18,7 @@ from typing import Iterator
 
 import pytest
 
+from demo import native
 from demo.native import free_port
 from modelmon.events import EventLog
 
@@ -26,29 +27,25 @@ SCRIPT = ROOT / "scripts" / "elasticsearch.sh"
 INSTALL_HINT = "run `make deps` (or scripts/elasticsearch.sh install) to install Java and Elasticsearch"
 
 
-class ElasticNode:
-    """A single-node cluster whose data survives stop() and start()."""
+class ElasticNode(native.Elasticsearch):
+    """The native stack's node, in a directory of its own: its data survives stop() and start()."""
 
     def __init__(self) -> None:
-        self.directory = Path(tempfile.mkdtemp(prefix="modelmon-es-"))
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(Path(tempfile.mkdtemp(prefix="modelmon-es-")), free_port())
         self.running = False
-
-    def _script(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=300, check=False)
 
     def start(self) -> None:
         """Start the node (no-op if it runs) and wait until it is healthy."""
         if self.running:
             return
-        done = self._script("start", str(self.directory), str(self.port))
-        if done.returncode != 0:
-            pytest.fail(f"Elasticsearch did not start: {done.stderr.strip()[-2000:]}\n{INSTALL_HINT}")
+        try:
+            super().start()
+        except RuntimeError as exc:
+            pytest.fail(f"{exc}\n{INSTALL_HINT}")
         self.running = True
 
     def stop(self) -> None:
-        self._script("stop", str(self.directory))
+        super().stop()
         self.running = False
 
     def remove(self) -> None:
