@@ -62,14 +62,14 @@ class Redaction:
             return {str(name)[:limit]: json_safe(value, limit) for name, value in items}
         out: dict[str, Any] = {}
         for name, value in items:
-            name = str(name)[: self.max_length]
+            name = str(name)[:limit]
             if name in self.drop:
                 continue
             if name in self.mask:
                 value = MASK
             elif name in self.hash:
                 value = "hmac:" + hmac.new(self.key, str(value).encode(), hashlib.sha256).hexdigest()[:32]
-            out[name] = json_safe(value, self.max_length)
+            out[name] = json_safe(value, limit)
         return out
 
 
