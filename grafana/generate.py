@@ -1,4 +1,4 @@
-"""Writes the modelmon Grafana dashboards: python grafana/generate.py
+"""Writes the modelmon Grafana dashboards: .venv/bin/python grafana/generate.py
 
 The JSON files in grafana/dashboards/ are generated from this file, and
 tests/test_dashboards.py fails when they differ from what it writes: edit here, run it,
@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+
+from modelmon.metrics import MEAN_SHIFT_MIN_EFFECT  # the package: run with .venv/bin/python
 
 OUT = Path(__file__).resolve().parent / "dashboards"
 SCHEMA_VERSION = 42
@@ -662,7 +664,8 @@ def data_dashboard() -> dict:
             "Mean of each numeric output over the hour before each point "
             "(model_output:modelmon_prediction_value:mean_1h). Dashed: the training mean plus and minus k "
             "standard errors of an hourly mean, sigma_training / sqrt(predictions in the hour), with k the "
-            "model's ModelmonPredictionMeanShift threshold (3 unless set per model). The mean outside the "
+            "model's ModelmonPredictionMeanShift threshold (3 unless set per model), or "
+            f"{MEAN_SHIFT_MIN_EFFECT} sigma_training where that is wider. The mean outside the "
             "band for 2 minutes, with 500 predictions in the hour, fires the alert.",
             "none", [
                 prom(f"model_output:modelmon_prediction_value:mean_1h{{{SEL}}}", f"mean {output_mv}"),
@@ -789,12 +792,14 @@ def data_dashboard() -> dict:
 
 
 def band(sign: str) -> str:
-    """Training mean of each output plus or minus k standard errors of an hourly mean."""
+    """Training mean of each output plus or minus what ModelmonPredictionMeanShift tolerates:
+    k standard errors of an hourly mean, or MEAN_SHIFT_MIN_EFFECT training standard deviations
+    where that is wider."""
     k = threshold("ModelmonPredictionMeanShift")
+    stddevs = (f"clamp_min({k} * on(job, model, version) group_right() (1 / sqrt(sum without(instance, pod, pid) "
+               f"(increase(modelmon_prediction_value_count{{{SEL}}}[1h])))), {MEAN_SHIFT_MIN_EFFECT})")
     return (f"max without(instance, pod, pid) (modelmon_reference_prediction_mean{{{SEL}}}) {sign} "
-            f"({k} * on(job, model, version) group_right() "
-            f"max without(instance, pod, pid) (modelmon_reference_prediction_stddev{{{SEL}}})) "
-            f"/ sqrt(sum without(instance, pod, pid) (increase(modelmon_prediction_value_count{{{SEL}}}[1h])))")
+            f"max without(instance, pod, pid) (modelmon_reference_prediction_stddev{{{SEL}}}) * {stddevs}")
 
 
 def logs_dashboard() -> dict:

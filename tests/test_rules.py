@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from modelmon import exported_samples
-from modelmon.metrics import ALERT_THRESHOLDS, CONTRACT
+from modelmon.metrics import ALERT_THRESHOLDS, CONTRACT, MEAN_SHIFT_MIN_EFFECT
 from servers import binary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,6 +144,12 @@ def test_alert_labels_and_annotations(rule):
         assert "$labels.output" in text
     if name not in VALUELESS:
         assert "$value" in annotations["description"]
+
+
+def test_the_mean_shift_alert_needs_the_package_effect_size():
+    (rule,) = [r for r in alert_rules() if r["alert"] == "ModelmonPredictionMeanShift"]
+    assert f"abs(model_output:modelmon_prediction_value:effect_size_1h) >= {MEAN_SHIFT_MIN_EFFECT}\n" in rule["expr"]
+    assert f"at least {MEAN_SHIFT_MIN_EFFECT} training standard deviations" in rule["annotations"]["description"]
 
 
 def test_alerts_without_a_model_label_are_told_apart():

@@ -149,6 +149,10 @@ ALERT_THRESHOLDS: dict[str, float] = {
     "ModelmonQualityDrop": 0.1,  # relative drop against the reference score
 }
 
+# ModelmonPredictionMeanShift also needs the shift to be at least this many training
+# standard deviations (Cohen's "small" d): significance alone grows with traffic.
+MEAN_SHIFT_MIN_EFFECT = 0.2
+
 # Stages of modelmon_internal_errors_total: a closed set, so the label stays bounded.
 STAGES = ("input", "observe", "flush", "http", "log", "outcome")
 
