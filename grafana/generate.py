@@ -615,21 +615,22 @@ def data_dashboard() -> dict:
             "Missing values per feature (share, 1h)",
             "Share of each feature's values that were absent, null or NaN over the hour before each point "
             "(model_feature:modelmon_feature_bin:missing_share_1h). ModelmonFeatureMissing fires when it "
-            "exceeds the training data's share by the model's threshold (5 points unless set).",
+            "exceeds the training data's share by the model's threshold (5 points unless set) and by more "
+            "than 3 standard errors of the share.",
             "percentunit", [prom(f"model_feature:modelmon_feature_bin:missing_share_1h{{{SEL}}}", feature_mv)],
             links=(runbook("ModelmonFeatureMissing"), to_board(LOGS)), width=8),
         timeseries(
             "Unseen categories per feature (share, 1h)",
             "Share of each categorical feature's values that are categories the training data did not have "
             "(model_feature:modelmon_feature_bin:unseen_share_1h). ModelmonUnseenCategories fires 5 points "
-            "above the training share unless set per model.",
+            "above the training share unless set per model, if that is also more than 3 standard errors.",
             "percentunit", [prom(f"model_feature:modelmon_feature_bin:unseen_share_1h{{{SEL}}}", feature_mv)],
             links=(runbook("ModelmonUnseenCategories"), to_board(LOGS)), width=8),
         timeseries(
             "Out of training range per feature (share, 1h)",
             "Share of each numeric feature's values below the training minimum or above its maximum "
             "(model_feature:modelmon_feature_bin:out_of_range_share_1h). ModelmonOutOfRange fires 5 points "
-            "above the training share unless set per model.",
+            "above the training share unless set per model, if that is also more than 3 standard errors.",
             "percentunit", [prom(f"model_feature:modelmon_feature_bin:out_of_range_share_1h{{{SEL}}}", feature_mv)],
             links=(runbook("ModelmonOutOfRange"), to_board(LOGS)), width=8),
         timeseries(
