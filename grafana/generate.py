@@ -548,6 +548,16 @@ def pipeline_panels() -> list[dict]:
 
 def data_dashboard() -> dict:
     feature_mv = f"{MV} {{{{feature}}}}"
+
+    def special_share(title: str, kind: str, values: str, alert: str) -> dict:
+        """The share of one kind of special bin per feature, and when its alert fires."""
+        series = f"model_feature:modelmon_feature_bin:{kind}_share_1h"
+        return timeseries(
+            f"{title} per feature (share, 1h)",
+            f"Share of each {values} over the hour before each point ({series}). {alert} fires when it exceeds "
+            "the training data's share by the model's threshold (5 points unless set) and by more than 3 "
+            "standard errors of the share.",
+            "percentunit", [prom(f"{series}{{{SEL}}}", feature_mv)], links=(runbook(alert), to_board(LOGS)), width=8)
     output_mv = f"{MV} {{{{output}}}}"
     psi_levels = steps((0.1, "orange"), (0.2, "red"))
     panels = [
@@ -611,28 +621,14 @@ def data_dashboard() -> dict:
                 prom("avg by (bin) (model_feature_bin:modelmon_reference_bin_ratio:max"
                      f'{{{SEL}, feature="$feature"}})', table=True),
             ], transformations=side_by_side("bin", "live (last hour)", "training"), width=24),
-        timeseries(
-            "Missing values per feature (share, 1h)",
-            "Share of each feature's values that were absent, null or NaN over the hour before each point "
-            "(model_feature:modelmon_feature_bin:missing_share_1h). ModelmonFeatureMissing fires when it "
-            "exceeds the training data's share by the model's threshold (5 points unless set) and by more "
-            "than 3 standard errors of the share.",
-            "percentunit", [prom(f"model_feature:modelmon_feature_bin:missing_share_1h{{{SEL}}}", feature_mv)],
-            links=(runbook("ModelmonFeatureMissing"), to_board(LOGS)), width=8),
-        timeseries(
-            "Unseen categories per feature (share, 1h)",
-            "Share of each categorical feature's values that are categories the training data did not have "
-            "(model_feature:modelmon_feature_bin:unseen_share_1h). ModelmonUnseenCategories fires 5 points "
-            "above the training share unless set per model, if that is also more than 3 standard errors.",
-            "percentunit", [prom(f"model_feature:modelmon_feature_bin:unseen_share_1h{{{SEL}}}", feature_mv)],
-            links=(runbook("ModelmonUnseenCategories"), to_board(LOGS)), width=8),
-        timeseries(
-            "Out of training range per feature (share, 1h)",
-            "Share of each numeric feature's values below the training minimum or above its maximum "
-            "(model_feature:modelmon_feature_bin:out_of_range_share_1h). ModelmonOutOfRange fires 5 points "
-            "above the training share unless set per model, if that is also more than 3 standard errors.",
-            "percentunit", [prom(f"model_feature:modelmon_feature_bin:out_of_range_share_1h{{{SEL}}}", feature_mv)],
-            links=(runbook("ModelmonOutOfRange"), to_board(LOGS)), width=8),
+        special_share("Missing values", "missing", "feature's values that were absent, null or NaN",
+                      "ModelmonFeatureMissing"),
+        special_share("Unseen categories", "unseen",
+                      "categorical feature's values that are categories the training data did not have",
+                      "ModelmonUnseenCategories"),
+        special_share("Out of training range", "out_of_range",
+                      "numeric feature's values below the training minimum or above its maximum",
+                      "ModelmonOutOfRange"),
         timeseries(
             "Mean shift per numeric feature (standard errors, 1h)",
             "How far each numeric feature's mean over the last hour is from its training mean, in standard "
