@@ -128,6 +128,7 @@ def unindexed_inputs(es: Elasticsearch, namespace: str) -> None:
     )
 
 
+CREATE = 100  # events that create each data stream before the timed run
 MAPPINGS = {"default": "inputs flattened (default)", "unindexed": "inputs in _source only (@custom)"}
 
 
@@ -146,9 +147,6 @@ def ship_once(es: Elasticsearch, url: str, work: Path, key: str, count: int, run
     stored = es.count(index=config.data_stream)["count"] - CREATE
     return {"mapping": key, "events_per_second": count / seconds, "peak_rss_bytes": peak,
             "cpu_per_event": cpu / count, "stored": stored}  # fmt: skip
-
-
-CREATE = 100  # events that create each data stream before the timed run
 
 
 def main() -> None:
