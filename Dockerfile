@@ -1,5 +1,6 @@
-# The modelmon image of the compose stack. One image, five services of docker-compose.yml:
+# The modelmon image of the compose stack. One image, six services of docker-compose.yml:
 # the demo model service (the default command), the traffic generator, the alert sink,
+# the runbooks server (docs/runbooks, mounted),
 # the log shipper (`modelmon ship`) and the one-shot setup (`modelmon setup`).
 #
 # Build context: the repository root (see .dockerignore). The demo model is trained here,
@@ -34,8 +35,8 @@ RUN useradd --system --uid 10001 --user-group --home-dir /app --shell /usr/sbin/
     && install -d -o modelmon -g modelmon /var/log/modelmon /var/lib/modelmon /var/lib/modelmon-shipper
 USER modelmon
 
-# 8000 demo service, 9099 alert sink, 9108 shipper metrics.
-EXPOSE 8000 9099 9108
+# 8000 demo service, 9098 runbooks, 9099 alert sink, 9108 shipper metrics.
+EXPOSE 8000 9098 9099 9108
 
 # The demo service; PROMETHEUS_MULTIPROC_DIR must be set (docker-compose.yml sets it on
 # this service only: in any other process it would switch prometheus-client's metrics

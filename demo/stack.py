@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .native import ROOT, Elasticsearch, Process, binary, free_port, substituted_copy
@@ -28,10 +28,11 @@ class Ports:
     alert_sink: int = 9099
     elasticsearch: int = 9200
     shipper: int = 9108
+    runbooks: int = 9098
 
     @classmethod
     def free(cls) -> "Ports":
-        return cls(*(free_port() for _ in range(6)))
+        return cls(*(free_port() for _ in fields(cls)))
 
 
 class NativeStack:
@@ -53,6 +54,12 @@ class NativeStack:
                 "prometheus:9090": f"127.0.0.1:{p.prometheus}", "alert-sink:9099": f"127.0.0.1:{p.alert_sink}",
                 "elasticsearch:9200": f"127.0.0.1:{p.elasticsearch}", "shipper:9108": f"127.0.0.1:{p.shipper}"}
 
+    @property
+    def links(self) -> dict[str, str]:
+        """Address a browser opens on the compose stack's published port -> native address:
+        the runbooks, the external label runbook_base_url of prometheus.yml."""
+        return {"localhost:9098": f"127.0.0.1:{self.ports.runbooks}"}
+
     def url(self, service: str) -> str:
         return f"http://127.0.0.1:{getattr(self.ports, service)}"
 
@@ -60,6 +67,7 @@ class NativeStack:
         try:
             self.launch(self.demo_service())
             self.launch(self.alert_sink())
+            self.launch(self.runbooks())
             self.launch(self.alertmanager())
             self.launch(self.prometheus())
             if self.elastic:
@@ -100,12 +108,20 @@ class NativeStack:
 
     def prometheus(self) -> Process:
         config = substituted_copy(ROOT / "prometheus" / "prometheus.yml", self.workdir / "prometheus",
-                                  self.addresses, links=("rules", "targets"))
+                                  {**self.addresses, **self.links}, links=("rules", "targets"))
         return Process(
             "prometheus", [binary("prometheus"), f"--config.file={config}",
                            f"--storage.tsdb.path={self.workdir / 'prometheus-data'}",
                            f"--web.listen-address=127.0.0.1:{self.ports.prometheus}"],
             ready_url=f"{self.url('prometheus')}/-/ready", log=self.workdir / "logs" / "prometheus.log",
+        )
+
+    def runbooks(self) -> Process:
+        """docs/runbooks/ over HTTP, where every alert's runbook_url points."""
+        return Process(
+            "runbooks", [sys.executable, "-m", "demo.runbooks", "--host", "127.0.0.1",
+                         "--port", str(self.ports.runbooks)],
+            ready_url=f"{self.url('runbooks')}/", log=self.workdir / "logs" / "runbooks.log",
         )
 
     def alertmanager(self) -> Process:
@@ -162,6 +178,7 @@ modelmon demo is up ({args.scenario} traffic, {args.rate:g} requests/s); Ctrl-C 
   Prometheus      {stack.url('prometheus')}/alerts   and /graph, e.g. model_feature:modelmon_feature_bin:psi_1h
   Alertmanager    {stack.url('alertmanager')}
   notifications   {stack.url('alert_sink')}   (where Alertmanager's receivers post)
+  runbooks        {stack.url('runbooks')}/   (the alerts' runbook links, e.g. /ModelmonFeatureDrift.md)
   Elasticsearch   {stack.url('elasticsearch')}/logs-modelmon.predictions-default/_search   (--no-elastic: off)
   logs            {args.workdir / 'logs'}, prediction events in {args.workdir / 'events'}
 Another scenario, in a second terminal: .venv/bin/python -m demo.traffic drift   (see demo/traffic.py)

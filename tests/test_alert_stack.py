@@ -4,12 +4,14 @@ Real prometheus and prometheus-alertmanager run on loopback with the shipped
 configurations, only their addresses substituted, and the shipped rule files.
 Prometheus scrapes tests/fixtures/drift_service.py, whose sqft input has moved three
 training standard deviations; ModelmonFeatureDrift must go pending, then firing, and
-reach the data-science webhook with its runbook and dashboard links.
+reach the data-science webhook with its runbook and dashboard links; the runbook link
+opens on the runbook server demo/runbooks.py (as make demo and compose serve it).
 """
 from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -43,6 +45,21 @@ def metrics_served(port: int) -> bool:
 
 
 @pytest.fixture
+def runbook_server():
+    """docs/runbooks over HTTP on loopback, as demo/stack.py serves them; yields host:port."""
+    from demo.runbooks import RUNBOOKS, server
+
+    httpd = server(RUNBOOKS, "127.0.0.1", free_port())
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield "127.0.0.1:%d" % httpd.server_address[1]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture
 def drift_service(tmp_path):
     port = free_port()
     log = tmp_path / "drift_service.log"
@@ -63,12 +80,13 @@ def drift_alert(alerts: list[dict]) -> dict | None:
 
 
 @pytest.mark.timeout(480)
-def test_feature_drift_goes_pending_then_firing_and_reaches_the_webhook(drift_service):
+def test_feature_drift_goes_pending_then_firing_and_reaches_the_webhook(drift_service, runbook_server):
     with start_webhook_receiver() as sink:
         am_config = substituted(REPO / "alertmanager" / "alertmanager.yml", {"alert-sink:9099": sink.address})
         with start_alertmanager(am_config, TEMPLATES) as am:
             prom_config = substituted(REPO / "prometheus" / "prometheus.yml",
-                                      {"demo:8000": drift_service, "alertmanager:9093": am.address})
+                                      {"demo:8000": drift_service, "alertmanager:9093": am.address,
+                                       "localhost:9098": runbook_server})
             with start_prometheus(prom_config, RULE_FILES) as prom:
                 states = []
 
@@ -92,8 +110,11 @@ def test_feature_drift_goes_pending_then_firing_and_reaches_the_webhook(drift_se
                 assert delivery.body["receiver"] == "data-science"
                 sent = drift_alert(delivery.body["alerts"])
                 runbook = sent["annotations"]["runbook_url"]
-                assert runbook == "https://github.com/modelmon/modelmon/blob/main/docs/runbooks/ModelmonFeatureDrift.md"
-                assert (REPO / runbook.split("/blob/main/")[1]).is_file()
+                assert runbook == f"http://{runbook_server}/ModelmonFeatureDrift.md"
+                with urllib.request.urlopen(runbook, timeout=10) as page:  # the link opens, as text
+                    assert page.status == 200
+                    assert page.headers["Content-Type"] == "text/plain; charset=utf-8"
+                    assert page.read().decode() == (REPO / "docs" / "runbooks" / "ModelmonFeatureDrift.md").read_text()
                 assert sent["annotations"]["dashboard_url"] == (
                     "http://localhost:3000/d/modelmon-data/model-data?var-model=drift-demo&var-version=1.0.0")
                 assert "feature sqft of drift-demo 1.0.0" in sent["annotations"]["description"]

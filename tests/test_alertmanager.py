@@ -104,7 +104,7 @@ def alert(name: str, severity: str, team: str, ends_at: str | None = None, **lab
         "annotations": {
             "summary": f"{name} on {labels.get('model')}",
             "description": f"PSI of {labels.get('feature')} is 0.42",
-            "runbook_url": f"https://github.com/modelmon/modelmon/blob/main/docs/runbooks/{name}.md",
+            "runbook_url": f"http://localhost:9098/{name}.md",  # as rendered from runbook_base_url
             "dashboard_url": f"http://localhost:3000/d/x?var-model={labels.get('model')}&var-version=1",
         },
     }
@@ -161,7 +161,7 @@ def test_live_routing_inhibition_slack_text_and_resolved(tmp_path):
                 "CRITICAL: ModelmonFeatureDrift on n\n"
                 "model: n  version: 1  feature: x\n"
                 "PSI of x is 0.42\n"
-                "Runbook: https://github.com/modelmon/modelmon/blob/main/docs/runbooks/ModelmonFeatureDrift.md\n"
+                "Runbook: http://localhost:9098/ModelmonFeatureDrift.md\n"
                 "Dashboard: http://localhost:3000/d/x?var-model=n&var-version=1"
             )
             time.sleep(max(0.0, posted + 35 - time.monotonic()))  # the warnings' group was due at 30s

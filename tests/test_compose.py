@@ -534,7 +534,7 @@ def test_images_are_pinned_to_exact_versions():
     assert (0, 25, 0) <= alertmanager < (1, 0, 0)
     # Our own services are built, never pulled.
     assert {n for n, s in COMPOSE["services"].items() if built_here(s)} == {
-        "demo", "traffic", "alert-sink", "setup", "shipper"}
+        "demo", "traffic", "alert-sink", "runbooks", "setup", "shipper"}
 
 
 def test_no_secret_has_a_default():
@@ -597,8 +597,11 @@ def test_every_url_inside_the_compose_file_reaches_a_declared_port():
     prometheus = yaml.safe_load((REPO / "prometheus" / "prometheus.yml").read_text())
     grafana_url = prometheus["global"]["external_labels"]["grafana_url"]
     published += [("grafana", "prometheus.yml grafana_url", int(p)) for _, p in URL.findall(grafana_url)]
+    # ... and the runbooks' (the runbooks service serves docs/runbooks there).
+    runbook_base_url = prometheus["global"]["external_labels"]["runbook_base_url"]
+    published += [("runbooks", "prometheus.yml runbook_base_url", int(p)) for _, p in URL.findall(runbook_base_url)]
     assert published_problems(COMPOSE, published) == []
-    assert {port for _, _, port in published} >= {3000, 5601, 9090, 9093}
+    assert {port for _, _, port in published} >= {3000, 5601, 9090, 9093, 9098}
 
 
 def test_published_ports_listen_on_loopback_only():
@@ -635,6 +638,15 @@ def test_servers_listen_on_the_ports_compose_declares(monkeypatch, repo_on_path)
     monkeypatch.setattr(sink, "ThreadingHTTPServer", lambda address, handler: bound.append(address) or _Idle())
     run_module_main(monkeypatch, sink.main, command(services["alert-sink"]), "demo.alert_sink")
     assert bound and bound[0][1] in container_ports(services["alert-sink"])
+    # The runbooks: the same, and the folder it serves is docs/runbooks, mounted.
+    from demo import runbooks
+
+    served = []
+    monkeypatch.setattr(runbooks, "server", lambda *args: served.append(args) or _Idle())
+    run_module_main(monkeypatch, runbooks.main, command(services["runbooks"]), "demo.runbooks")
+    (directory, _, port), = served
+    assert port in container_ports(services["runbooks"])
+    assert host_path(services["runbooks"], str(directory)) == REPO / "docs" / "runbooks"
 
 
 class _Idle:

@@ -128,7 +128,9 @@ def test_alert_labels_and_annotations(rule):
     assert set(labels) == {"severity", "team"}
     assert labels["severity"] in {"critical", "warning", "info"}
     assert set(annotations) == {"summary", "description", "runbook_url", "dashboard_url"}
-    assert annotations["runbook_url"] == f"https://github.com/modelmon/modelmon/blob/main/docs/runbooks/{name}.md"
+    # The base is an external label, like Grafana's: the folder of docs/runbooks/ wherever
+    # it is served (the compose runbooks service, make demo's, or your wiki).
+    assert annotations["runbook_url"] == "{{ $externalLabels.runbook_base_url }}/" + f"{name}.md"
     assert (RUNBOOKS / f"{name}.md").is_file()
     dashboard = "{{ $externalLabels.grafana_url }}" + DASHBOARDS[labels["team"]]
     by_model = dashboard + "?var-model={{ $labels.model | urlquery }}&var-version={{ $labels.version | urlquery }}"
@@ -156,6 +158,23 @@ def test_alerts_without_a_model_label_are_told_apart():
     assert {rule["alert"] for rule in alert_rules() if not carries_model(rule)} == {
         "ModelmonMonitoringErrors", "ModelmonDependencyChanged", "ModelmonShipperDown", "ModelmonShipperBacklog",
         "ModelmonShipperRejectedDocuments", "ModelmonShipperDataLoss"}
+
+
+def test_prometheus_config_sets_the_link_bases():
+    labels = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())["global"]["external_labels"]
+    assert {"grafana_url", "runbook_base_url"} <= set(labels)
+    assert not labels["runbook_base_url"].endswith("/")  # the annotations add "/<Alert>.md"
+
+
+def test_promtool_cases_render_the_runbook_links_from_the_external_label():
+    for path in TEST_FILES:
+        for group in yaml.safe_load(path.read_text())["tests"]:
+            base = group.get("external_labels", {}).get("runbook_base_url")
+            for case in group.get("alert_rule_test", []):
+                for alert in case.get("exp_alerts") or []:
+                    url = alert.get("exp_annotations", {}).get("runbook_url")
+                    if url is not None:
+                        assert base and url == f"{base}/{case['alertname']}.md", (path.name, case["alertname"])
 
 
 def test_runbooks_are_exactly_one_per_alert():
