@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# System packages the tests and the native demo need (Debian/Ubuntu), then the
-# Elasticsearch zip: Prometheus and promtool, Alertmanager and amtool, Chromium
-# (the drift report's browser test); Java and Maven come with the Elasticsearch step.
+# System packages the tests and the native demo need (Debian/Ubuntu), the current
+# Prometheus and Alertmanager, then the Elasticsearch zip: Debian's Prometheus 2.42 and
+# promtool, Alertmanager 0.25 and amtool, Chromium (the drift report's browser test);
+# Prometheus 3.x and Alertmanager 0.3x built from the Go module proxy into a cache
+# (scripts/install-prometheus3.sh: about 15 minutes the first time, seconds after);
+# Java and Maven come with the Elasticsearch step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,4 +25,5 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $packages >/dev/null
 fi
 
+scripts/install-prometheus3.sh
 scripts/elasticsearch.sh install
