@@ -42,9 +42,12 @@ def numeric_bin_labels(edges: Sequence[float]) -> list[str]:
     ]
 
 
+_MASKED = np.ma.masked  # numpy.ma's masked element: missing, like NaN
+
+
 def is_missing_object(value: Any) -> bool:
-    """None, or pandas' NA / NaT markers (without importing pandas)."""
-    if value is None:
+    """None, numpy's masked element, or pandas' NA / NaT markers (without importing pandas)."""
+    if value is None or value is _MASKED:
         return True
     pd = sys.modules.get("pandas")
     return pd is not None and (value is pd.NA or value is pd.NaT)
@@ -63,7 +66,10 @@ def category_key(value: Any) -> str | None:
     if isinstance(value, (bool, np.bool_)):
         return str(bool(value))
     if isinstance(value, numbers.Integral):
-        return str(int(value))
+        try:
+            return str(int(value))
+        except TypeError:  # numpy's timedelta64 is an Integral, and NaT has no int
+            return INVALID
     if isinstance(value, numbers.Real):
         value = float(value)
         if math.isnan(value):
@@ -113,7 +119,7 @@ class NumericBins:
         elif isinstance(value, (numbers.Real, Decimal)) and not isinstance(value, (bool, np.bool_)):
             try:
                 x = float(value)
-            except (OverflowError, ValueError):
+            except (OverflowError, ValueError, TypeError):  # TypeError: numpy's timedelta64, an Integral
                 self._counts[self.invalid] += 1
                 return self.invalid
         else:

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
+import numpy as np
 from prometheus_client import CollectorRegistry
 
 from . import multiprocess
@@ -328,7 +329,11 @@ class ModelMonitor:
             if len(column) != n:
                 self._errors.count("input", f"column {name!r} has {len(column)} rows, the batch {n}")
                 continue
-            yield (binner, *binner.count_array(column))
+            # Quiet: a float overflow (a float128 cast, a sum past float's range) gives inf, not a
+            # RuntimeWarning on the service's stderr (np.errstate is local to this context).
+            with np.errstate(all="ignore"):
+                counted = binner.count_array(_unmasked(column))
+            yield (binner, *counted)
 
     # -- timing and errors ------------------------------------------------------
 
@@ -454,6 +459,20 @@ class ModelMonitor:
             (sum(self._counts[start:end]), self._sums[j]) for j, (_, start, end) in enumerate(self._value_children)
         ]
         self._done_rows = self._rows
+
+
+def _unmasked(column: Any) -> Any:
+    """A batch column numpy converts without a warning: its masked elements (numpy.ma) are
+    None, missing like NaN (numpy would convert them to nan, printing a UserWarning)."""
+    if isinstance(column, np.ma.MaskedArray):
+        if not np.ma.is_masked(column):
+            return np.ma.getdata(column)
+        values = np.ma.getdata(column).astype(object)  # (filled(None) would fill with "?")
+        values[np.ma.getmaskarray(column)] = None
+        return values
+    if isinstance(column, (list, tuple)) and any(isinstance(v, np.ma.MaskedArray) for v in column):
+        return [None if isinstance(v, np.ma.MaskedArray) and np.ma.is_masked(v) else v for v in column]
+    return column
 
 
 def _row_values(columns: Any, name: str, n: int) -> list | None:

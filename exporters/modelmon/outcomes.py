@@ -21,6 +21,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
+
 from .bins import INVALID, category_key
 
 log = logging.getLogger("modelmon")
@@ -241,13 +243,22 @@ class OutcomeTracker:
             metrics["outcomes_correct"].labels(model, version)
 
     def _encode(self, value: Any) -> Any:
+        """The value compared with labels: a category key, or a finite float (None: unusable).
+
+        Hot path, and quiet: numpy warns when float() is given a masked element (nan) or a
+        complex number (its real part), so those are None, like NaN, before float() sees them.
+        """
         if self.categorical:
             return category_key(value)
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            return None
-        return number if math.isfinite(number) else None
+        if type(value) is not float:
+            if (isinstance(value, np.ma.MaskedArray) and np.ma.is_masked(value)
+                    or getattr(getattr(value, "dtype", None), "kind", None) == "c"):
+                return None
+            try:
+                value = float(value)
+            except (TypeError, ValueError, OverflowError):  # OverflowError: an int past float's range
+                return None
+        return value if math.isfinite(value) else None
 
     def remember(self, prediction_id: Any, value: Any) -> None:
         """Hot path: buffer (id, predicted value); the store is written on flush."""
