@@ -38,6 +38,7 @@ from .event_source import (
     read_events,
 )
 from .reference import ColumnProfile, Reference, ReferenceFileError
+from .training_csv import read_csv
 
 VERSION_FIELD = "modelmon.version"
 
@@ -235,8 +236,6 @@ def write(report: Mapping[str, Any], output: str) -> tuple[Path, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cli import read_csv
-
     drift.require_scipy()
     try:
         reference = Reference.load(args.reference)

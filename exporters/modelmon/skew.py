@@ -39,6 +39,7 @@ from .event_source import (
     parse_since,
     read_events,
 )
+from .training_csv import NA_VALUES
 
 INPUTS = "modelmon.inputs"
 EVENT_ID = "event.id"
@@ -55,8 +56,6 @@ class Training:
 
 
 def read_training(path: Path, id_column: str | None) -> Training:
-    from .cli import NA_VALUES
-
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
