@@ -10,6 +10,7 @@ import pytest
 
 from modelmon.bins import (
     COMPARE_FROM_ROWS_PER_EDGE,
+    SUM_SLOTS,
     VALUE_COUNTS_FROM_ROWS,
     CategoricalBins,
     NumericBins,
@@ -19,8 +20,12 @@ from modelmon.bins import (
 EDGES = [0.0, 10.0, 20.0, 30.0]
 
 
-def numeric() -> NumericBins:
-    return NumericBins(EDGES, [0] * 7, [0.0], 0, 0)
+def sums() -> list:
+    return [0.0, 0.0, 0][:SUM_SLOTS]
+
+
+def numeric(edges=EDGES) -> NumericBins:
+    return NumericBins(edges, [0] * (len(edges) + 3 + (len(edges) == 1)), sums(), 0, 0)
 
 
 def categorical() -> CategoricalBins:
@@ -78,18 +83,29 @@ def test_numeric_value_lands_in_its_bin(value, expected):
     assert bin_of(numeric(), value) == expected
 
 
-def test_numeric_sum_counts_finite_values_only():
+def test_numeric_sums_count_finite_values_only_split_by_sign():
     binner = numeric()
-    for v in (5, 35.0, -1, None, math.inf, "x"):
+    for v in (5, 35.0, -1, None, math.inf, -math.inf, "x", -2.5, 0.0, -0.0):
         binner.add(v)
-    assert binner._sums[0] == 39.0
+    # values >= 0 (zero and -0.0 included), magnitudes of values < 0, number of values < 0
+    assert binner._sums == [40.0, 3.5, 2]
+
+
+@pytest.mark.parametrize("edges", [EDGES, [-60.0, -50.0, -40.0], [-1.0, 0.0, 1.0]])
+def test_array_sums_are_split_by_sign_exactly(edges):
+    column = np.array([-3.0, 0.0, -0.0, 2.0, -50.0, 70.0, -100.0, np.nan, -np.inf, np.inf])
+    counts, signed = numeric(edges).count_array(column)
+    assert signed == (72.0, 153.0, 3)
+    assert signed == tuple(added(numeric(edges), column)._sums)
+    for only in (column[column > 0], column[column < 0], np.array([0.0, -0.0])):
+        assert numeric(edges).count_array(only)[1] == tuple(added(numeric(edges), only)._sums)
 
 
 def test_constant_feature_has_one_closed_bin():
-    binner = NumericBins([3.0], [0] * 5, [0.0], 0, 0)
+    binner = numeric([3.0])
     assert [bin_of(binner, v) for v in (3, 2, 4)] == ["00:[3,3]", "__below__", "__above__"]
-    counts, total = binner.count_array(np.array([3.0, 2.0, 4.0]))
-    assert counts == [1, 1, 1, 0, 0] and total == 9.0
+    counts, signed = binner.count_array(np.array([3.0, 2.0, 4.0]))
+    assert counts == [1, 1, 1, 0, 0] and signed == (9.0, 0.0, 0)
 
 
 @pytest.mark.parametrize(
@@ -137,9 +153,9 @@ MIXED = [1.0, 10.0, 30.0, -5.0, 99.0, np.nan, np.inf, -np.inf, 0.0, 20.0, 29.9]
 )
 def test_numeric_array_counts_equal_value_by_value(column):
     one_by_one = added(numeric(), column)
-    counts, total = numeric().count_array(column)
+    counts, signed = numeric().count_array(column)
     assert counts == one_by_one._counts
-    assert total == pytest.approx(one_by_one._sums[0])
+    assert signed == pytest.approx(tuple(one_by_one._sums))
 
 
 @pytest.mark.parametrize("edges", [EDGES, [3.0]])
@@ -151,10 +167,10 @@ def test_long_numeric_arrays_counted_by_comparison_equal_value_by_value(edges, s
     columns = [rng.permutation(values), np.round(values[np.isfinite(values)]).astype(np.int32)]
     for column in columns:
         assert len(column) >= COMPARE_FROM_ROWS_PER_EDGE * len(edges)
-        one_by_one = added(NumericBins(edges, [0] * (len(edges) + 3 + (len(edges) == 1)), [0.0], 0, 0), column)
-        counts, total = NumericBins(edges, [], [0.0], 0, 0).count_array(column)
+        one_by_one = added(numeric(edges), column)
+        counts, signed = NumericBins(edges, [], [], 0, 0).count_array(column)
         assert counts == one_by_one._counts
-        assert total == pytest.approx(one_by_one._sums[0])
+        assert signed == pytest.approx(tuple(one_by_one._sums))
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from modelmon import CONTRACT, ModelMonitor, Reference
+from modelmon.metrics import NEGATIVE, POSITIVE, SIGN, SIGNS
 from conftest import scrape, total, value
 
 M = dict(model="house", version="1.0")
+P = {**M, SIGN: POSITIVE}  # values >= 0
+N = {**M, SIGN: NEGATIVE}  # values < 0, summed as magnitudes
 ROW = {"area": 100.0, "rooms": 3.0, "city": "paris"}
 
 
@@ -22,14 +25,15 @@ def test_a_scrape_right_after_observe_sees_the_values(monitor, registry):
     assert value(samples, "modelmon_predictions_total", **M) == 1
     assert total(samples, "modelmon_feature_bin_total", feature="area", **M) == 1
     assert value(samples, "modelmon_feature_bin_total", feature="city", bin="paris", **M) == 1
-    assert value(samples, "modelmon_feature_value_sum", feature="area", **M) == 100.0
-    assert value(samples, "modelmon_feature_value_count", feature="area", **M) == 1
+    assert value(samples, "modelmon_feature_value_sum", feature="area", **P) == 100.0
+    assert value(samples, "modelmon_feature_value_count", feature="area", **P) == 1
+    assert value(samples, "modelmon_feature_value_count", feature="area", **N) == 0
     assert total(samples, "modelmon_prediction_bin_total", output="price", **M) == 1
-    assert value(samples, "modelmon_prediction_value_sum", output="price", **M) == 310.0
+    assert value(samples, "modelmon_prediction_value_sum", output="price", **P) == 310.0
     monitor.observe(ROW, 290.0)
     again = scrape(registry)
     assert value(again, "modelmon_predictions_total", **M) == 2
-    assert value(again, "modelmon_prediction_value_sum", output="price", **M) == 600.0
+    assert value(again, "modelmon_prediction_value_sum", output="price", **P) == 600.0
 
 
 def test_every_contract_family_but_outcomes_and_http_is_exported(monitor, registry):
@@ -108,7 +112,7 @@ def test_bad_predictions_are_counted_in_their_bin(monitor, registry, prediction,
     monitor.observe(ROW, prediction)
     samples = scrape(registry)
     if expected is None:
-        assert value(samples, "modelmon_prediction_value_count", output="price", **M) == 1
+        assert value(samples, "modelmon_prediction_value_count", output="price", **P) == 1
     else:
         assert value(samples, "modelmon_prediction_bin_total", output="price", bin=expected, **M) == 1
 
@@ -214,7 +218,7 @@ def test_instrument_records_rows_and_batches(monitor, registry):
     assert list(predict_batch(pd.DataFrame([ROW, ROW]))) == [300.0, 300.0]
     samples = scrape(registry)
     assert value(samples, "modelmon_predictions_total", **M) == 3
-    assert value(samples, "modelmon_prediction_value_sum", output="price", **M) == 900.0
+    assert value(samples, "modelmon_prediction_value_sum", output="price", **P) == 900.0
     assert value(samples, "modelmon_prediction_duration_seconds_count", **M) == 2
 
 
@@ -278,7 +282,7 @@ def test_concurrent_observers_lose_nothing(monitor, registry):
     samples = scrape(registry)
     assert value(samples, "modelmon_predictions_total", **M) == 8000
     assert value(samples, "modelmon_feature_bin_total", feature="city", bin="paris", **M) == 8000
-    assert value(samples, "modelmon_feature_value_sum", feature="area", **M) == 800_000.0
+    assert value(samples, "modelmon_feature_value_sum", feature="area", **P) == 800_000.0
 
 
 def test_text_features_count_length_bins_and_unknown_tokens(registry):
@@ -296,4 +300,78 @@ def test_text_features_count_length_bins_and_unknown_tokens(registry):
     assert value(samples, "modelmon_feature_bin_total", bin="__invalid__", **labels) == 1
     assert value(samples, "modelmon_feature_bin_total", bin="__missing__", **labels) == 1
     assert total(samples, "modelmon_feature_bin_total", **labels) == 4
-    assert value(samples, "modelmon_feature_value_sum", **labels) == 6  # token counts, for the mean length
+    assert value(samples, "modelmon_feature_value_sum", sign=POSITIVE, **labels) == 6  # token counts: mean length
+    assert value(samples, "modelmon_feature_value_count", sign=NEGATIVE, **labels) == 0  # there for uniformity
+
+
+def signed(samples: dict, metric: str, **labels) -> dict[str, tuple[float, float]]:
+    """(count, sum) of a value summary by sign."""
+    return {sign: (value(samples, f"{metric}_count", sign=sign, **labels),
+                   value(samples, f"{metric}_sum", sign=sign, **labels)) for sign in SIGNS}
+
+
+def test_both_signs_exist_from_the_first_scrape(monitor, registry):
+    samples = scrape(registry)
+    for metric, labels in (("modelmon_feature_value", dict(feature="area")),
+                           ("modelmon_feature_value", dict(feature="rooms")),
+                           ("modelmon_prediction_value", dict(output="price"))):
+        assert signed(samples, metric, **labels, **M) == {POSITIVE: (0, 0), NEGATIVE: (0, 0)}
+    assert not [k for k in samples if k[0] == "modelmon_feature_value_count" and dict(k[1])["feature"] == "city"]
+
+
+NEGATIVE_ROWS = [(-5.0, -0.0, -310.0), (7.0, 0.0, 2.5), (-0.5, -3.0, 0.0), (2.0, 1.0, -1.5)]  # area, rooms, price
+
+
+def expected_signed(values) -> dict[str, tuple[float, float]]:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return {POSITIVE: (sum(v >= 0 for v in finite), sum(v for v in finite if v >= 0)),
+            NEGATIVE: (sum(v < 0 for v in finite), sum(-v for v in finite if v < 0))}
+
+
+def test_negative_values_count_by_sign_and_sum_as_magnitudes(monitor, registry):
+    for area, rooms, price in NEGATIVE_ROWS:
+        monitor.observe({"area": area, "rooms": rooms, "city": "paris"}, price)
+    samples = scrape(registry)
+    assert signed(samples, "modelmon_feature_value", feature="area", **M) == {POSITIVE: (2, 9.0), NEGATIVE: (2, 5.5)}
+    # zero is positive, -0.0 too
+    assert signed(samples, "modelmon_feature_value", feature="rooms", **M) == {POSITIVE: (3, 1.0), NEGATIVE: (1, 3.0)}
+    assert signed(samples, "modelmon_prediction_value", output="price", **M) == {
+        POSITIVE: (2, 2.5), NEGATIVE: (2, 311.5)}
+
+
+@pytest.mark.parametrize("rows", [4, 40_000])  # searched, and compared edge by edge (long columns)
+def test_batches_of_mixed_signs_count_like_single_rows(reference, rows):
+    rng = np.random.default_rng(3)
+    area = np.concatenate([[0.0, -0.0, np.nan, -np.inf, np.inf], rng.normal(-50.0, 5.0, rows),
+                           rng.normal(0.0, 1.0, rows), rng.normal(100.0, 20.0, rows)])
+    rooms = np.round(rng.normal(0.0, 3.0, len(area)))
+    price = rng.normal(0.0, 1.0, len(area))
+    batch, single = CollectorRegistry(), CollectorRegistry()
+    ModelMonitor("house", "1.0", reference, registry=batch).observe_batch(
+        {"area": area, "rooms": pd.Series(rooms), "city": ["paris"] * len(area)}, price)
+    one = ModelMonitor("house", "1.0", reference, registry=single)
+    for a, r, p in zip(area.tolist(), rooms.tolist(), price.tolist()):
+        one.observe({"area": a, "rooms": r, "city": "paris"}, p)
+    by_batch, by_row = scrape(batch), scrape(single)
+    for metric, labels, values in (("modelmon_feature_value", dict(feature="area"), area),
+                                   ("modelmon_feature_value", dict(feature="rooms"), rooms),
+                                   ("modelmon_prediction_value", dict(output="price"), price)):
+        want = expected_signed(values.tolist())
+        for got in (signed(by_batch, metric, **labels, **M), signed(by_row, metric, **labels, **M)):
+            assert {s: c for s, (c, _) in got.items()} == {s: c for s, (c, _) in want.items()}
+            assert {s: v for s, (_, v) in got.items()} == pytest.approx({s: v for s, (_, v) in want.items()})
+    mean = (value(by_batch, "modelmon_feature_value_sum", feature="area", **P)
+            - value(by_batch, "modelmon_feature_value_sum", feature="area", **N)) / total(
+        by_batch, "modelmon_feature_value_count", feature="area", **M)
+    assert mean == pytest.approx(np.mean(area[np.isfinite(area)]))
+
+
+def test_signed_sums_never_decrease_across_scrapes(monitor, registry):
+    seen = []
+    for area, rooms, price in NEGATIVE_ROWS * 3:
+        monitor.observe({"area": area, "rooms": rooms, "city": "paris"}, price)
+        monitor.observe_batch({"area": np.array([area, -area]), "rooms": [rooms, rooms]}, np.array([price, -price]))
+        seen.append(scrape(registry))
+    for name, labels in {k for k in seen[0] if "_value_" in k[0] and not k[0].endswith("_created")}:
+        key = (name, labels)
+        assert all(a[key] <= b[key] for a, b in zip(seen, seen[1:])), key

@@ -7,6 +7,12 @@ data (to make the reference shares) and the live traffic, so both sides agree.
 Numeric columns: bins between quantile edges, then ``__below__``, ``__above__``.
 Categorical columns: the reference categories, then ``__unseen__``.
 Both end with ``__missing__`` (absent, None, NaN) and ``__invalid__`` (wrong type, inf).
+
+Numeric and text columns also keep running sums of their finite values, split by sign
+so that none of them ever decreases (Prometheus reads a decrease as a counter reset):
+``SUM_SLOTS`` entries of ``sums`` from the column's ``sum_index`` on, the sum of the
+values >= 0, the sum of the magnitudes of the values < 0, and the number of values < 0.
+The number of values >= 0 is the rest of the finite count (in range, below, above).
 """
 from __future__ import annotations
 
@@ -80,10 +86,25 @@ def category_key(value: Any) -> str | None:
 
 
 COMPARE_FROM_ROWS_PER_EDGE = 200  # from len(column) / len(edges) on, count_array compares
+SUM_SLOTS = 3  # entries a numeric column takes in ``sums``: positive sum, negative magnitudes, negatives
+SignedSums = tuple[float, float, int]  # (sum of values >= 0, sum of |values < 0|, number of values < 0)
+
+
+def signed_sums(x: np.ndarray, total: float | None = None) -> SignedSums:
+    """The signed sums of an array of finite values (``total``: its sum, if known already)."""
+    negative = x < 0.0
+    k = int(np.count_nonzero(negative))
+    if k == 0:  # the common case: a column of values >= 0
+        return (float(x.sum()) if total is None else total), 0.0, 0
+    if k == len(x):
+        return 0.0, -(float(x.sum()) if total is None else total), k
+    # dot products with the masks: exact terms (x times 1 or 0), and faster than x[mask].sum()
+    return float(np.dot(x, ~negative)), -float(np.dot(x, negative)), k
 
 
 class NumericBins:
-    """Bins of a numeric column; counts go to ``counts[offset + slot]``."""
+    """Bins of a numeric column; counts go to ``counts[offset + slot]``, signed sums to
+    ``sums[sum_index:sum_index + SUM_SLOTS]``."""
 
     kind = "numeric"
 
@@ -94,8 +115,10 @@ class NumericBins:
         self.n_in_range = n
         self.below, self.above, self.missing, self.invalid = (offset + n + i for i in range(4))
         self.offset, self.sum_index = offset, sum_index
+        self._negative_sum, self._negatives = sum_index + 1, sum_index + 2
         self._counts, self._sums = counts, sums
         self._top = self.edges[-1]
+        self._nonnegative = self.edges[0] >= 0.0  # then only values below the range can be < 0
         self._last = offset + max(len(self.edges) - 2, 0)
         self._m = len(self.edges)
         # bisect_right(edges, x) -> slot, for 0 <= result < m
@@ -143,17 +166,21 @@ class NumericBins:
         else:
             slot = self.above
         self._counts[slot] += 1
-        self._sums[self.sum_index] += x
+        if x < 0.0:
+            self._sums[self._negative_sum] -= x
+            self._sums[self._negatives] += 1
+        else:
+            self._sums[self.sum_index] += x
         return slot
 
-    def count_array(self, column: Any) -> tuple[list[int], float]:
-        """Counts per bin (relative to this column's first slot) and the sum of finite values."""
+    def count_array(self, column: Any) -> tuple[list[int], SignedSums]:
+        """Counts per bin (relative to this column's first slot) and the signed sums of finite values."""
         x = column.to_numpy() if hasattr(column, "to_numpy") else np.asarray(column)
         if x.ndim != 1 or x.dtype.kind not in "fiu":  # object, bool, ...: value by value
-            scratch = NumericBins(self.edges, [0] * len(self.labels), [0.0], 0, 0)
+            scratch = NumericBins(self.edges, [0] * len(self.labels), [0.0, 0.0, 0], 0, 0)
             for value in x.tolist() if x.ndim == 1 else list(column):
                 scratch.add(value)
-            return scratch._counts, scratch._sums[0]
+            return scratch._counts, tuple(scratch._sums)
         x = x.astype(np.float64, copy=False)
         if len(x) >= COMPARE_FROM_ROWS_PER_EDGE * self._m:
             return self._count_by_comparison(x)
@@ -164,23 +191,33 @@ class NumericBins:
             slots[np.isinf(x)] = self.n_in_range + 3
             slots[np.isnan(x)] = self.n_in_range + 2
             x = x[finite]
-        return np.bincount(slots, minlength=len(self.labels)).tolist(), float(x.sum())
+        counts = np.bincount(slots, minlength=len(self.labels)).tolist()
+        return counts, self._signed_sums(x, counts[self.n_in_range])
 
-    def _count_by_comparison(self, x: np.ndarray) -> tuple[list[int], float]:
+    def _signed_sums(self, x: np.ndarray, below: int, total: float | None = None) -> SignedSums:
+        """``signed_sums`` of the finite values, skipping the search for negative ones when
+        no value is below a range that starts at 0 or above (prices, areas, counts...)."""
+        if self._nonnegative and not below:
+            return (float(x.sum()) if total is None else total), 0.0, 0
+        return signed_sums(x, total)
+
+    def _count_by_comparison(self, x: np.ndarray) -> tuple[list[int], SignedSums]:
         """``count_array`` for long columns: one vectorised pass per edge (values under it)
         instead of a binary search per value, several times faster past a few thousand rows."""
         total = float(x.sum())
         nan = posinf = neginf = 0
+        finite = x
         if not math.isfinite(total):  # a NaN or an inf somewhere (or a sum past float's range)
             nan = int(np.count_nonzero(np.isnan(x)))
             posinf, neginf = int(np.count_nonzero(x == math.inf)), int(np.count_nonzero(x == -math.inf))
-            total = float(x[np.isfinite(x)].sum())
+            finite = x[np.isfinite(x)]
+            total = float(finite.sum())
         under = [int(np.count_nonzero(x < edge)) for edge in self.edges]
         at_top = int(np.count_nonzero(x == self._top))
         counts = [under[i + 1] - under[i] for i in range(self._m - 1)] or [0]
         counts[-1] += at_top  # the last bin is closed
         counts += [under[0] - neginf, len(x) - nan - under[-1] - at_top - posinf, nan, posinf + neginf]
-        return counts, total
+        return counts, self._signed_sums(finite, counts[self.n_in_range], total if math.isfinite(total) else None)
 
 
 class CategoricalBins:
@@ -212,8 +249,8 @@ class CategoricalBins:
         self._counts[slot] += 1
         return slot
 
-    def count_array(self, column: Any) -> tuple[list[int], float]:
-        """Counts per bin (relative to this column's first slot); the sum is always 0.
+    def count_array(self, column: Any) -> tuple[list[int], None]:
+        """Counts per bin (relative to this column's first slot); no sums (None).
 
         Distinct values are looked up once: counted by pandas' value_counts (in C) for long
         columns when pandas is loaded, by collections.Counter otherwise.
@@ -221,7 +258,7 @@ class CategoricalBins:
         counts = [0] * len(self.labels)
         for value, n in _tally(column):
             counts[self.slot(value) - self.offset] += n
-        return counts, 0.0
+        return counts, None
 
 
 VALUE_COUNTS_FROM_ROWS = 5_000  # below, collections.Counter is faster than pandas
@@ -288,11 +325,11 @@ class TextBins(NumericBins):
         self._counts[self.invalid] += 1
         return self.invalid
 
-    def count_array(self, column: Any) -> tuple[list[int], float]:
-        scratch = TextBins(self.edges, self.vocabulary, [0] * self.slots, [0.0], 0, 0)
+    def count_array(self, column: Any) -> tuple[list[int], SignedSums]:
+        scratch = TextBins(self.edges, self.vocabulary, [0] * self.slots, [0.0, 0.0, 0], 0, 0)
         for value in column.tolist() if hasattr(column, "tolist") else list(column):
             scratch.add(value)
-        return scratch._counts, scratch._sums[0]
+        return scratch._counts, tuple(scratch._sums)
 
 
 Bins = NumericBins | CategoricalBins | TextBins

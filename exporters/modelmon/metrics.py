@@ -10,17 +10,24 @@ from __future__ import annotations
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import Iterable, Iterator, Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Summary
 from prometheus_client.metrics_core import Metric
 
 from .errors import InternalErrors
 
-if TYPE_CHECKING:
-    from .monitor import ModelMonitor
-
 MODEL = ("model", "version")
+
+# The summaries of feature and prediction values are split by sign: increase() reads any
+# decrease of a counter as a reset, so a running sum of values that can be negative must
+# never decrease. ``sign="positive"`` counts the finite values >= 0 (zero and -0.0
+# included) and sums them; ``sign="negative"`` counts the values < 0 and sums their
+# magnitudes. A mean is (sum{positive} - sum{negative}) / sum over sign of count.
+SIGN = "sign"
+POSITIVE, NEGATIVE = "positive", "negative"
+SIGNS = (POSITIVE, NEGATIVE)
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -64,13 +71,19 @@ CONTRACT: tuple[MetricSpec, ...] = (
     MetricSpec("modelmon_model_loaded_timestamp_seconds", "gauge", MODEL, "When this process loaded the model."),
     MetricSpec("modelmon_dependency_info", "gauge", ("package", "version"), "Installed version of a dependency."),
     MetricSpec("modelmon_feature_bin", "counter", MODEL + ("feature", "bin"), "Feature values per reference bin."),
-    MetricSpec("modelmon_feature_value", "summary", MODEL + ("feature",), "Finite values of numeric features."),
+    MetricSpec(
+        "modelmon_feature_value", "summary", MODEL + ("feature", SIGN),
+        "Finite values of numeric features by sign; _sum adds magnitudes.",
+    ),
     MetricSpec("modelmon_feature_tokens", "counter", MODEL + ("feature",), "Tokens seen in text features."),
     MetricSpec(
         "modelmon_feature_unknown_tokens", "counter", MODEL + ("feature",), "Text tokens not in the reference vocabulary."
     ),
     MetricSpec("modelmon_prediction_bin", "counter", MODEL + ("output", "bin"), "Predictions per reference bin."),
-    MetricSpec("modelmon_prediction_value", "summary", MODEL + ("output",), "Finite values of numeric outputs."),
+    MetricSpec(
+        "modelmon_prediction_value", "summary", MODEL + ("output", SIGN),
+        "Finite values of numeric outputs by sign; _sum adds magnitudes.",
+    ),
     MetricSpec(
         "modelmon_reference_bin_ratio", "gauge", MODEL + ("feature", "bin"), "Share of training rows per bin."
     ),
@@ -168,27 +181,38 @@ def _build(spec: MetricSpec):
     return Summary(**common)
 
 
+class Monitor(Protocol):
+    """What a MetricSet needs of a monitor feeding it (``ModelMonitor`` is one)."""
+
+    model: str
+    version: str
+
+    def flush(self) -> None: ...
+
+    def after_fork(self) -> None: ...
+
+
 class MetricSet:
     """The modelmon metrics of one registry and the monitors feeding them."""
 
     def __init__(self) -> None:
         self.by_name = {spec.name: _build(spec) for spec in CONTRACT}
         self.errors = InternalErrors(self["internal_errors"], STAGES)
-        self.monitors: dict[tuple[str, str], ModelMonitor] = {}
+        self.monitors: dict[tuple[str, str], Monitor] = {}
         self.lock = threading.Lock()
 
     def __getitem__(self, short_name: str):
         """The metric object of ``modelmon_<short_name>``."""
         return self.by_name["modelmon_" + short_name]
 
-    def add_monitor(self, monitor: "ModelMonitor") -> None:
+    def add_monitor(self, monitor: Monitor) -> None:
         key = (monitor.model, monitor.version)
         with self.lock:
             if key in self.monitors:
                 raise ValueError(f"a monitor for model {key[0]!r} version {key[1]!r} exists in this registry already")
             self.monitors[key] = monitor
 
-    def remove_monitor(self, monitor: "ModelMonitor") -> None:
+    def remove_monitor(self, monitor: Monitor) -> None:
         with self.lock:
             self.monitors.pop((monitor.model, monitor.version), None)
 

@@ -21,10 +21,10 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from . import multiprocess
-from .bins import Bins, CategoricalBins, NumericBins, RowFlags, TextBins
+from .bins import SUM_SLOTS, Bins, CategoricalBins, NumericBins, RowFlags, TextBins
 from .events import EventLog
 from .outcomes import OutcomeStore, OutcomeTracker, default_store
-from .metrics import ALERT_THRESHOLDS, metrics_for
+from .metrics import ALERT_THRESHOLDS, NEGATIVE, POSITIVE, metrics_for
 from .reference import ColumnProfile, Reference
 
 log = logging.getLogger("modelmon")
@@ -60,7 +60,7 @@ class ModelMonitor:
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._counts: list[int] = []
-        self._sums: list[float] = []
+        self._sums: list[float] = []  # SUM_SLOTS per numeric column: see bins.py
         self._rows = 0
         self._features = self._binners(ref.features, self._counts, self._sums)
         self._outputs = self._binners(ref.outputs, self._counts, self._sums)
@@ -89,16 +89,16 @@ class ModelMonitor:
 
     @staticmethod
     def _binners(profiles: Mapping[str, ColumnProfile], counts: list, sums: list) -> dict[str, Bins]:
-        """Binners appending their slots to ``counts`` (and ``sums`` for numeric ones)."""
+        """Binners appending their slots to ``counts`` (and signed sums to ``sums`` for numeric ones)."""
         binners: dict[str, Bins] = {}
         for name, profile in profiles.items():
             offset = len(counts)
             if profile.kind == "numeric":
                 binners[name] = NumericBins(profile.edges, counts, sums, offset, len(sums))
-                sums.append(0.0)
+                sums.extend([0.0, 0.0, 0])
             elif profile.kind == "text":
                 binners[name] = TextBins(profile.edges, profile.vocabulary, counts, sums, offset, len(sums))
-                sums.append(0.0)
+                sums.extend([0.0, 0.0, 0])
             else:
                 binners[name] = CategoricalBins(profile.categories, counts, offset)
             counts.extend([0] * binners[name].slots)
@@ -108,7 +108,8 @@ class ModelMonitor:
         """Pre-create every series, so each bin exists (at 0) from the first scrape."""
         m, labels = self._metrics, (self.model, self.version)
         self._bin_children = []
-        self._value_children = []  # (summary child, first slot, end of finite slots)
+        # (sign="positive" child, sign="negative" child, first slot, end of finite slots, sum index)
+        self._value_children = []
         for binners, bins_metric, value_metric in (
             (self._features, m["feature_bin"], m["feature_value"]),
             (self._outputs, m["prediction_bin"], m["prediction_value"]),
@@ -120,7 +121,9 @@ class ModelMonitor:
                                            m["feature_unknown_tokens"].labels(*labels, name)]
                 if isinstance(binner, NumericBins):
                     finite_end = binner.missing  # in-range bins, then below and above
-                    self._value_children.append((value_metric.labels(*labels, name), binner.offset, finite_end))
+                    self._value_children.append((value_metric.labels(*labels, name, POSITIVE),
+                                                 value_metric.labels(*labels, name, NEGATIVE),
+                                                 binner.offset, finite_end, binner.sum_index))
         self._rows_child = m["predictions"].labels(*labels)
         self._duration_child = m["prediction_duration_seconds"].labels(*labels)
 
@@ -249,8 +252,10 @@ class ModelMonitor:
                     for i, k in enumerate(rel_counts, binner.offset):
                         if k:
                             counts[i] += k
-                    if total:
-                        sums[binner.sum_index] += total
+                    if total is not None:
+                        for i, part in enumerate(total, binner.sum_index):
+                            if part:
+                                sums[i] += part
             if duration is not None:
                 self._duration_child.observe(duration)
             if prediction_ids is not None and self._tracker is not None:
@@ -324,7 +329,7 @@ class ModelMonitor:
             if column is None:
                 missing = [0] * binner.slots
                 missing[binner.missing - binner.offset] = n
-                yield binner, missing, 0.0
+                yield binner, missing, None
                 continue
             if len(column) != n:
                 self._errors.count("input", f"column {name!r} has {len(column)} rows, the batch {n}")
@@ -419,8 +424,7 @@ class ModelMonitor:
                 with self._lock:
                     counts, sums, rows = self._counts[:], self._sums[:], self._rows
                 done = self._done_counts
-                for j, (child, start, end) in enumerate(self._value_children):
-                    n, total = sum(counts[start:end]), sums[j]
+                for j, (child, n, total) in enumerate(self._value_totals(counts, sums)):
                     done_n, done_total = self._done_values[j]
                     if n != done_n:
                         # prometheus-client has no public "add n observations" call
@@ -455,10 +459,18 @@ class ModelMonitor:
 
     def _mark_flushed(self) -> None:
         self._done_counts = self._counts[:]
-        self._done_values = [
-            (sum(self._counts[start:end]), self._sums[j]) for j, (_, start, end) in enumerate(self._value_children)
-        ]
+        self._done_values = [(n, total) for _, n, total in self._value_totals(self._counts, self._sums)]
         self._done_rows = self._rows
+
+    def _value_totals(self, counts: list, sums: list) -> Iterator[tuple[Any, int, float]]:
+        """(summary child, count, sum) of each sign of each numeric column, from the running counts.
+
+        Values >= 0 are the column's finite values (in range, below, above) but the negative ones.
+        """
+        for positive, negative, start, end, s in self._value_children:
+            negatives = sums[s + SUM_SLOTS - 1]
+            yield positive, sum(counts[start:end]) - negatives, sums[s]
+            yield negative, negatives, sums[s + 1]
 
 
 def _unmasked(column: Any) -> Any:
