@@ -6,6 +6,7 @@ and by the end-to-end tests.
 """
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -27,13 +28,49 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def binary(name: str) -> str:
-    """Path of a required program, or an error that says how to install it."""
+# The two lines of Prometheus and Alertmanager the project runs on: Debian's packages
+# (Prometheus 2.42, Alertmanager 0.25) and the current releases (Prometheus 3.x,
+# Alertmanager 0.3x), which scripts/install-prometheus3.sh builds into a cache. The tests
+# check the rules and configs with both lines' promtool and amtool and run the live stack
+# on the current line; the demo runs the current line when it is built, Debian's otherwise.
+DEBIAN, CURRENT = "debian", "current"
+LINES = (DEBIAN, CURRENT)
+INSTALL = {
+    DEBIAN: "apt-get install prometheus prometheus-alertmanager (or run `make deps`)",
+    CURRENT: "run scripts/install-prometheus3.sh (`make deps` runs it; the first build takes about 15 minutes)",
+}
+TOOLS = ("prometheus", "promtool", "alertmanager", "amtool")
+_DEBIAN_NAMES = {"alertmanager": "prometheus-alertmanager"}
+
+
+@functools.cache
+def current_bin_dirs() -> tuple[Path, ...]:
+    """The cache directories of the current line (scripts/install-prometheus3.sh --path)."""
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "install-prometheus3.sh"), "--path"],
+                          capture_output=True, text=True, check=True, timeout=30)
+    return tuple(Path(p) for p in done.stdout.strip().split(":"))
+
+
+def find_binary(name: str, line: str) -> str | None:
+    """Path of prometheus, promtool, alertmanager or amtool of one line, or None."""
+    if name not in TOOLS or line not in LINES:
+        return None
+    if line == CURRENT:
+        return next((str(d / name) for d in current_bin_dirs() if os.access(d / name, os.X_OK)), None)
+    name = _DEBIAN_NAMES.get(name, name)
+    if os.access(f"/usr/bin/{name}", os.X_OK):
+        return f"/usr/bin/{name}"
     path = shutil.which(name)
-    if path is None:
-        raise RuntimeError(f"{name} not found: run `make deps` (Debian: apt-get install prometheus "
-                           "prometheus-alertmanager)")
-    return path
+    return path if path and Path(path).parent not in current_bin_dirs() else None
+
+
+def binary(name: str, line: str | None = CURRENT) -> str:
+    """Path of prometheus, promtool, alertmanager or amtool of this line (None: the current
+    line if it is built, else Debian's), or an error that says how to install it."""
+    for candidate in (CURRENT, DEBIAN) if line is None else (line,):
+        if path := find_binary(name, candidate):
+            return path
+    raise RuntimeError(f"{name} ({line or CURRENT} line) not found: {INSTALL[line or CURRENT]}")
 
 
 @dataclass

@@ -14,7 +14,9 @@ import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .native import ROOT, Elasticsearch, Process, binary, free_port, substituted_copy
+import requests
+
+from .native import CURRENT, ROOT, Elasticsearch, Process, binary, free_port, substituted_copy
 from .traffic import SCENARIOS
 
 BUILD = ROOT / "demo" / "build"
@@ -39,10 +41,11 @@ class NativeStack:
     """The compose services that run natively here, wired as in docker-compose.yml."""
 
     def __init__(self, workdir: Path, ports: Ports = Ports(), *, elastic: bool = True,
-                 elastic_dir: Path | None = None):
+                 elastic_dir: Path | None = None, line: str | None = CURRENT):
         """``elastic_dir`` (default: in ``workdir``) must be reachable by the unprivileged
-        user Elasticsearch runs as when started by root."""
-        self.workdir, self.ports, self.elastic = workdir, ports, elastic
+        user Elasticsearch runs as when started by root. ``line``: which Prometheus and
+        Alertmanager (demo.native.LINES; None: the current line if built, else Debian's)."""
+        self.workdir, self.ports, self.elastic, self.line = workdir, ports, elastic, line
         self.elastic_dir = elastic_dir or workdir / "elasticsearch"
         self.processes: list[Process | Elasticsearch] = []
 
@@ -110,7 +113,7 @@ class NativeStack:
         config = substituted_copy(ROOT / "prometheus" / "prometheus.yml", self.workdir / "prometheus",
                                   {**self.addresses, **self.links}, links=("rules", "targets"))
         return Process(
-            "prometheus", [binary("prometheus"), f"--config.file={config}",
+            "prometheus", [binary("prometheus", self.line), f"--config.file={config}",
                            f"--storage.tsdb.path={self.workdir / 'prometheus-data'}",
                            f"--web.listen-address=127.0.0.1:{self.ports.prometheus}"],
             ready_url=f"{self.url('prometheus')}/-/ready", log=self.workdir / "logs" / "prometheus.log",
@@ -128,7 +131,7 @@ class NativeStack:
         config = substituted_copy(ROOT / "alertmanager" / "alertmanager.yml", self.workdir / "alertmanager",
                                   self.addresses, links=("templates",))
         return Process(
-            "alertmanager", [binary("prometheus-alertmanager"), f"--config.file={config}",
+            "alertmanager", [binary("alertmanager", self.line), f"--config.file={config}",
                              f"--storage.path={self.workdir / 'alertmanager-data'}",
                              f"--web.listen-address=127.0.0.1:{self.ports.alertmanager}",
                              "--cluster.listen-address="],
@@ -155,10 +158,51 @@ class NativeStack:
             ready_url=f"{self.url('demo')}/healthz", log=self.workdir / "logs" / "traffic.log",
         )
 
+    def pages(self) -> dict[str, str]:
+        """Where a browser sees the running Prometheus's and Alertmanager's alerts and
+        queries: the web UI where the running version serves one, else the HTTP API."""
+        return {**prometheus_pages(self.url("prometheus")), **alertmanager_pages(self.url("alertmanager"))}
+
     def stop(self) -> None:
         for process in reversed(self.processes):
             process.stop()
         self.processes.clear()
+
+
+EXAMPLE_QUERY = "model_feature:modelmon_feature_bin:psi_1h"
+# The alerts and query pages of each kind of Prometheus web UI, tried in this order:
+# 3.x's, 2.x's, and Debian's 2.x, which lacks the React UI and serves the classic one
+# under /classic/ (its /alerts is a 404).
+PROMETHEUS_UIS = (("/alerts", "/query", "g0.tab=table"), ("/alerts", "/graph", "g0.tab=1"),
+                  ("/classic/alerts", "/classic/graph", "g0.tab=1"))
+NO_UI = "built without its web UI assets"  # scripts/install-prometheus3.sh's Alertmanager placeholder page
+
+
+def _opens(url: str) -> str | None:
+    """The page's text if it answers 200 (after redirects), else None."""
+    try:
+        response = requests.get(url, timeout=10)
+    except requests.RequestException:
+        return None
+    return response.text if response.status_code == 200 else None
+
+
+def prometheus_pages(url: str, query: str = EXAMPLE_QUERY) -> dict[str, str]:
+    """Alerts and query pages of the Prometheus at ``url``: the first web UI it serves (a
+    build without UI assets, such as scripts/install-prometheus3.sh's, serves none; its
+    pages answer 500), else the HTTP API, which every version has."""
+    encoded = requests.utils.quote(query, safe="")
+    for alerts, graph, tab in PROMETHEUS_UIS:
+        if _opens(url + alerts) is not None and _opens(url + graph) is not None:
+            return {"prometheus alerts": url + alerts,
+                    "prometheus query": f"{url}{graph}?g0.expr={encoded}&{tab}"}
+    return {"prometheus alerts": f"{url}/api/v1/alerts", "prometheus query": f"{url}/api/v1/query?query={encoded}"}
+
+
+def alertmanager_pages(url: str) -> dict[str, str]:
+    """Alertmanager's web UI if it serves one, else its API's list of alerts."""
+    page = _opens(url + "/")
+    return {"alertmanager alerts": url + "/" if page is not None and NO_UI not in page else f"{url}/api/v2/alerts"}
 
 
 def main() -> None:
@@ -169,14 +213,16 @@ def main() -> None:
     parser.add_argument("--no-elastic", action="store_true", help="metrics only: no Elasticsearch, no shipper")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops the stack like Ctrl-C
-    stack = NativeStack(args.workdir, elastic=not args.no_elastic).start()
+    stack = NativeStack(args.workdir, elastic=not args.no_elastic, line=None).start()
     try:
         stack.launch(stack.traffic(args.scenario, args.rate))
+        pages = stack.pages()
         print(f"""
 modelmon demo is up ({args.scenario} traffic, {args.rate:g} requests/s); Ctrl-C stops it.
   model service   {stack.url('demo')}/metrics   (POST /predict, POST /feedback)
-  Prometheus      {stack.url('prometheus')}/alerts   and /graph, e.g. model_feature:modelmon_feature_bin:psi_1h
-  Alertmanager    {stack.url('alertmanager')}
+  Prometheus      {pages['prometheus alerts']}
+                  {pages['prometheus query']}
+  Alertmanager    {pages['alertmanager alerts']}
   notifications   {stack.url('alert_sink')}   (where Alertmanager's receivers post)
   runbooks        {stack.url('runbooks')}/   (the alerts' runbook links, e.g. /ModelmonFeatureDrift.md)
   Elasticsearch   {stack.url('elasticsearch')}/logs-modelmon.predictions-default/_search   (--no-elastic: off)

@@ -3,9 +3,11 @@
 ``start_prometheus(config, rule_files)`` and ``start_alertmanager(config, templates)``
 write the configuration into a fresh temporary directory, copy the rule or template
 files into ``rules/`` or ``templates/`` beside it (where the shipped configurations
-look for them), start Debian's binary on a free 127.0.0.1 port and return once it is
+look for them), start the current line's binary (Prometheus 3.x, Alertmanager 0.3x,
+built by scripts/install-prometheus3.sh) on a free 127.0.0.1 port and return once it is
 ready. ``stop()`` ends the process and removes the directory; the servers are also
-context managers. A missing binary fails the test, naming the packages to install.
+context managers. A missing binary fails the test, saying how to install it.
+``binary(name, line)`` finds promtool and amtool of either line (``LINES``).
 
 ``start_webhook_receiver()`` serves HTTP on loopback and keeps every JSON body
 posted to it, for Alertmanager to notify.
@@ -30,16 +32,18 @@ from typing import Any, Callable, Iterable, Mapping
 import pytest
 import yaml
 
+from demo.native import CURRENT, DEBIAN, INSTALL, LINES, find_binary  # noqa: F401 (for the tests)
 from demo.native import free_port  # noqa: F401 (tests import it from here too)
 
-INSTALL_HINT = "apt-get install prometheus prometheus-alertmanager"
+INSTALL_HINT = INSTALL[DEBIAN]
 
 
-def binary(name: str) -> str:
-    """The path of a Prometheus or Alertmanager tool; fails the test if it is missing."""
-    path = shutil.which(name) or (f"/usr/bin/{name}" if os.access(f"/usr/bin/{name}", os.X_OK) else None)
+def binary(name: str, line: str = CURRENT) -> str:
+    """The path of prometheus, promtool, alertmanager or amtool of a line (Debian's
+    packages or the current releases); fails the test, saying how to install it, if it is missing."""
+    path = find_binary(name, line)
     if path is None:
-        pytest.fail(f"{name} is not installed: {INSTALL_HINT}", pytrace=False)
+        pytest.fail(f"{name} of the {line} line is not installed: {INSTALL.get(line, INSTALL[CURRENT])}", pytrace=False)
     return path
 
 
@@ -207,14 +211,14 @@ def _workdir(kind: str, files: Mapping[str, str | os.PathLike]) -> Path:
 
 def start_prometheus(config: str | os.PathLike | Mapping, rule_files: Iterable[os.PathLike] = (), *,
                      files: Mapping[str, str | os.PathLike] | None = None, args: Iterable[str] = (),
-                     timeout: float = 60) -> Prometheus:
+                     timeout: float = 60, line: str = CURRENT) -> Prometheus:
     """Start Prometheus with this configuration (text, path or mapping).
 
     Rule files are copied to ``rules/`` next to the configuration, so
     ``rule_files: [rules/*.yml]`` finds them; ``files`` maps other relative paths to
     text or to a file or directory to copy (``targets/`` for file_sd, ...).
     """
-    binary_path = binary("prometheus")
+    binary_path = binary("prometheus", line)
     layout = {"prometheus.yml": _config_text(config), **(files or {})}
     layout.update({f"rules/{Path(p).name}": Path(p) for p in rule_files})
     workdir = _workdir("prometheus", layout)
@@ -230,13 +234,13 @@ def start_prometheus(config: str | os.PathLike | Mapping, rule_files: Iterable[o
 
 def start_alertmanager(config: str | os.PathLike | Mapping, templates: Iterable[os.PathLike] = (), *,
                        files: Mapping[str, str | os.PathLike] | None = None, args: Iterable[str] = (),
-                       timeout: float = 60) -> Alertmanager:
+                       timeout: float = 60, line: str = CURRENT) -> Alertmanager:
     """Start a single Alertmanager (no cluster) with this configuration.
 
     Templates are copied to ``templates/`` next to the configuration, where
     ``templates: [templates/*.tmpl]`` finds them; ``files`` as for Prometheus.
     """
-    binary_path = binary("prometheus-alertmanager")
+    binary_path = binary("alertmanager", line)
     layout = {"alertmanager.yml": _config_text(config), **(files or {})}
     layout.update({f"templates/{Path(p).name}": Path(p) for p in templates})
     workdir = _workdir("alertmanager", layout)
@@ -275,8 +279,13 @@ class WebhookReceiver:
                     body = raw.decode(errors="replace")
                 with receiver._lock:
                     receiver.deliveries.append(Delivery(self.path, body))
+                # "ok", as Slack's incoming webhooks answer: Alertmanager 0.3x's Slack
+                # notifier counts any other body as a failure (0.25 looks at the status only).
                 self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", "2")
                 self.end_headers()
+                self.wfile.write(b"ok")
 
             def log_message(self, *args) -> None:
                 pass

@@ -1,6 +1,6 @@
 """The alert stack end to end: a drifting model service, Prometheus, Alertmanager.
 
-Real prometheus and prometheus-alertmanager run on loopback with the shipped
+Real Prometheus and Alertmanager (the current line) run on loopback with the shipped
 configurations, only their addresses substituted, and the shipped rule files.
 Prometheus scrapes tests/fixtures/drift_service.py, whose sqft input has moved three
 training standard deviations; ModelmonFeatureDrift must go pending, then firing, and
@@ -9,6 +9,7 @@ opens on the runbook server demo/runbooks.py (as make demo and compose serve it)
 """
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import threading
@@ -17,9 +18,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import requests
 
-from servers import (INSTALL_HINT, binary, free_port, start_alertmanager, start_prometheus,
-                     start_webhook_receiver, wait_until)
+from demo.stack import alertmanager_pages, prometheus_pages
+from servers import (CURRENT, DEBIAN, INSTALL_HINT, LINES, binary, free_port, start_alertmanager,
+                     start_prometheus, start_webhook_receiver, wait_until)
 
 REPO = Path(__file__).resolve().parents[1]
 SERVICE = REPO / "tests" / "fixtures" / "drift_service.py"
@@ -120,8 +123,44 @@ def test_feature_drift_goes_pending_then_firing_and_reaches_the_webhook(drift_se
                 assert "feature sqft of drift-demo 1.0.0" in sent["annotations"]["description"]
 
 
-def test_a_missing_binary_fails_the_test_naming_the_packages():
+def test_a_missing_binary_fails_the_test_saying_how_to_install_it():
+    with pytest.raises(pytest.fail.Exception) as failure:
+        binary("prometheus-that-is-not-installed", DEBIAN)
+    assert INSTALL_HINT in str(failure.value)
+    assert INSTALL_HINT.startswith("apt-get install prometheus prometheus-alertmanager")
     with pytest.raises(pytest.fail.Exception) as failure:
         binary("prometheus-that-is-not-installed")
-    assert INSTALL_HINT in str(failure.value)
-    assert INSTALL_HINT == "apt-get install prometheus prometheus-alertmanager"
+    assert "scripts/install-prometheus3.sh" in str(failure.value)
+
+
+@pytest.mark.parametrize("line", LINES)
+def test_both_lines_are_installed_and_answer_their_version(line):
+    """Debian's packages (Prometheus 2.42, Alertmanager 0.25) and the current releases
+    (Prometheus 3.x, Alertmanager 0.3x): `make deps` installs both."""
+    major = {DEBIAN: "2.", CURRENT: "3."}[line]
+    minor = {DEBIAN: "0.2", CURRENT: "0.3"}[line]
+    for name, prefix in (("prometheus", major), ("promtool", major), ("alertmanager", minor), ("amtool", minor)):
+        done = subprocess.run([binary(name, line), "--version"], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        version = re.search(r"version (\S+)", done.stdout + done.stderr).group(1)
+        assert version.startswith(prefix), f"{name} of the {line} line is {version}"
+
+
+@pytest.mark.parametrize("line", LINES)
+def test_the_demos_links_open_on_the_prometheus_and_alertmanager_it_runs(line):
+    """make demo prints these: Debian's 2.42 serves its UI under /classic/ (/alerts is a 404
+    there); the 3.x built without UI assets answers 500 on its UI pages, so the API instead."""
+    with start_alertmanager(REPO / "alertmanager" / "alertmanager.yml", TEMPLATES, line=line) as am, \
+            start_prometheus("global: {scrape_interval: 15s}\n", line=line) as prom:
+        pages = {**prometheus_pages(prom.url), **alertmanager_pages(am.url)}
+        assert set(pages) == {"prometheus alerts", "prometheus query", "alertmanager alerts"}
+        for name, url in pages.items():
+            response = requests.get(url, timeout=10)
+            assert response.status_code == 200, (name, url, response.status_code)
+        version = prom.get("/api/v1/status/buildinfo")["data"]["version"]
+        ui = "/classic/alerts" if version.startswith("2.") else "/alerts"
+        if requests.get(prom.url + ui, timeout=10).status_code == 200:
+            assert pages["prometheus alerts"] == prom.url + ui
+        else:
+            assert pages["prometheus alerts"] == prom.url + "/api/v1/alerts"
+        assert "modelmon_feature_bin" in pages["prometheus query"]

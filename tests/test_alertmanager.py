@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from servers import binary, start_alertmanager, start_webhook_receiver
+from servers import CURRENT, LINES, binary, start_alertmanager, start_webhook_receiver
 from test_rules import alert_rules
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,8 +27,9 @@ SINK = "alert-sink:9099"  # the webhook address of the shipped configuration
 RECEIVER_OF_TEAM = {"ops": "ops", "data-science": "data-science"}
 
 
-def amtool(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([binary("amtool"), *args], capture_output=True, text=True, timeout=60)
+def amtool(*args: str, line: str = CURRENT) -> subprocess.CompletedProcess:
+    """amtool of one line: the checks run on Debian's Alertmanager 0.25 and on 0.3x."""
+    return subprocess.run([binary("amtool", line), *args], capture_output=True, text=True, timeout=60)
 
 
 def uncommented(text: str, *integrations: str) -> str:
@@ -44,21 +45,23 @@ def uncommented(text: str, *integrations: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def check_config(text: str, directory: Path) -> subprocess.CompletedProcess:
+def check_config(text: str, directory: Path, line: str) -> subprocess.CompletedProcess:
     (directory / "alertmanager.yml").write_text(text)
     shutil.copytree(CONFIG.parent / "templates", directory / "templates", dirs_exist_ok=True)
-    return amtool("check-config", str(directory / "alertmanager.yml"))
+    return amtool("check-config", str(directory / "alertmanager.yml"), line=line)
 
 
-def test_config_is_valid():
-    result = amtool("check-config", str(CONFIG))
+@pytest.mark.parametrize("line", LINES)
+def test_config_is_valid(line):
+    result = amtool("check-config", str(CONFIG), line=line)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{len(TEMPLATES)} templates" in result.stdout
 
 
-def test_slack_and_email_blocks_are_valid_and_read_secrets_from_files(tmp_path):
+@pytest.mark.parametrize("line", LINES)
+def test_slack_and_email_blocks_are_valid_and_read_secrets_from_files(tmp_path, line):
     text = uncommented(CONFIG.read_text(), "slack_configs", "email_configs")
-    result = check_config(text, tmp_path)
+    result = check_config(text, tmp_path, line)
     assert result.returncode == 0, result.stdout + result.stderr
     receivers = {r["name"]: r for r in yaml.safe_load(text)["receivers"]}
     for team in RECEIVER_OF_TEAM.values():
@@ -68,18 +71,21 @@ def test_slack_and_email_blocks_are_valid_and_read_secrets_from_files(tmp_path):
         assert slack["send_resolved"] and email["send_resolved"]
 
 
+@pytest.mark.parametrize("line", LINES)
 @pytest.mark.parametrize("rule", alert_rules(), ids=lambda r: f"{r['alert']}-{r['labels']['severity']}")
-def test_each_alert_reaches_its_teams_receiver(rule):
+def test_each_alert_reaches_its_teams_receiver(rule, line):
     labels = {"alertname": rule["alert"], **rule["labels"], "model": "m", "version": "1"}
     result = amtool("config", "routes", "test", f"--config.file={CONFIG}",
                     f"--verify.receivers={RECEIVER_OF_TEAM[rule['labels']['team']]}",
-                    *(f"{k}={v}" for k, v in labels.items()))
+                    *(f"{k}={v}" for k, v in labels.items()), line=line)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.parametrize("line", LINES)
 @pytest.mark.parametrize("labels", [["alertname=Watchdog"], ["alertname=X", "team=platform", "severity=critical"]])
-def test_other_alerts_reach_the_default_receiver(labels):
-    result = amtool("config", "routes", "test", f"--config.file={CONFIG}", "--verify.receivers=default", *labels)
+def test_other_alerts_reach_the_default_receiver(labels, line):
+    result = amtool("config", "routes", "test", f"--config.file={CONFIG}", "--verify.receivers=default", *labels,
+                    line=line)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

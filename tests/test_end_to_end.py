@@ -61,6 +61,14 @@ def run_traffic(stack: NativeStack, scenario: str):
     return traffic
 
 
+def test_the_links_make_demo_prints_open(stack):
+    """The Prometheus and Alertmanager pages of the banner answer 200 on the versions the stack runs."""
+    pages = stack.pages()
+    assert set(pages) == {"prometheus alerts", "prometheus query", "alertmanager alerts"}
+    for name, url in pages.items():
+        assert requests.get(url, timeout=30).status_code == 200, (name, url)
+
+
 @pytest.mark.timeout(1800)
 def test_steady_traffic_is_quiet_and_drift_alerts_end_to_end(stack):
     prometheus = PrometheusAPI(stack.url("prometheus"))

@@ -20,7 +20,7 @@ import yaml
 
 from modelmon import exported_samples
 from modelmon.metrics import ALERT_THRESHOLDS, CONTRACT, MEAN_SHIFT_MIN_EFFECT
-from servers import binary
+from servers import CURRENT, LINES, binary
 
 REPO = Path(__file__).resolve().parents[1]
 PROMETHEUS = REPO / "prometheus"
@@ -45,8 +45,10 @@ DASHBOARDS = {"ops": "/d/modelmon-ops/model-service", "data-science": "/d/modelm
 LEVELS = {"model", "model_feature", "model_feature_bin", "model_output", "model_output_bin", "model_alert", "job_stage"}
 
 
-def promtool(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([binary("promtool"), *args], capture_output=True, text=True, cwd=PROMETHEUS, timeout=120)
+def promtool(*args: str, line: str = CURRENT) -> subprocess.CompletedProcess:
+    """promtool of one line: the checks and unit tests run on Debian's Prometheus 2.42 and on 3.x."""
+    return subprocess.run([binary("promtool", line), *args], capture_output=True, text=True, cwd=PROMETHEUS,
+                          timeout=120)
 
 
 def all_rules() -> list[dict]:
@@ -75,31 +77,35 @@ def carries_model(rule: dict) -> bool:
 
 # --- promtool -----------------------------------------------------------------------
 
-def test_prometheus_config_and_its_rule_files_are_valid():
-    result = promtool("check", "config", "prometheus.yml")
+@pytest.mark.parametrize("line", LINES)
+def test_prometheus_config_and_its_rule_files_are_valid(line):
+    result = promtool("check", "config", "prometheus.yml", line=line)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(RULE_FILES)} rule files found" in result.stdout
 
 
-def test_remote_write_example_is_valid_once_uncommented(tmp_path):
+@pytest.mark.parametrize("line", LINES)
+def test_remote_write_example_is_valid_once_uncommented(tmp_path, line):
     text = (PROMETHEUS / "prometheus.yml").read_text()
     enabled = re.sub(r"^# (remote_write:|  .*)$", r"\1", text, flags=re.MULTILINE)
     assert yaml.safe_load(enabled)["remote_write"][0]["url"].startswith("http://")
     (tmp_path / "prometheus.yml").write_text(enabled)
     shutil.copytree(PROMETHEUS / "rules", tmp_path / "rules")
-    result = subprocess.run([binary("promtool"), "check", "config", "prometheus.yml"], capture_output=True,
+    result = subprocess.run([binary("promtool", line), "check", "config", "prometheus.yml"], capture_output=True,
                             text=True, cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_rule_files_are_valid():
-    result = promtool("check", "rules", *(str(p) for p in RULE_FILES))
+@pytest.mark.parametrize("line", LINES)
+def test_rule_files_are_valid(line):
+    result = promtool("check", "rules", *(str(p) for p in RULE_FILES), line=line)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.parametrize("line", LINES)
 @pytest.mark.parametrize("test_file", TEST_FILES, ids=lambda p: p.name)
-def test_promtool_unit_tests_pass(test_file):
-    result = promtool("test", "rules", str(test_file))
+def test_promtool_unit_tests_pass(test_file, line):
+    result = promtool("test", "rules", str(test_file), line=line)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
