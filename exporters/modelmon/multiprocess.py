@@ -2,10 +2,12 @@
 
 With ``PROMETHEUS_MULTIPROC_DIR`` set before prometheus-client is imported, every
 worker writes its metrics to files in that directory and a scrape served by any
-worker sums them. modelmon adds three things the client leaves out:
+worker sums them. modelmon adds four things the client leaves out:
 
 - a timer that folds each worker's pending counts into its files (default every
   second, ``MODELMON_FLUSH_INTERVAL`` seconds), plus a final fold at exit;
+- dead workers' files folded into one aggregate at each scrape (``worker_files``), so
+  recycled workers never grow the directory or the scrape;
 - per-worker process metrics (memory, CPU, start time, fds) with a ``pid`` label,
   read from /proc for every live worker, since the client drops its process
   collector in this mode;
@@ -24,7 +26,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, ProcessCollector
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from .metrics import after_fork, flush_all
+from .metrics import after_fork, flush_all, metrics_for
+from .worker_files import MetricsDirectory, pid_alive
 
 _PID_FILE = re.compile(r"_(\d+)\.db$")
 _flusher: threading.Thread | None = None
@@ -76,12 +79,17 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 atexit.register(flush_all)
 
 
-class _FlushingCollector(MultiProcessCollector):
-    """The multiprocess collector, after folding this process's pending counts."""
+class _FoldingCollector(MultiProcessCollector):
+    """The multiprocess collector, after folding this process's pending counts and dead workers' files."""
+
+    def __init__(self, registry: CollectorRegistry, path: str):
+        super().__init__(registry, path=path)
+        self._directory = MetricsDirectory(path)
 
     def collect(self) -> Iterator[Metric]:
         flush_all()
-        return super().collect()
+        with self._directory.reading(on_error=lambda exc: metrics_for().errors.count("flush", exc)) as files:
+            return self.merge(files, accumulate=True)
 
 
 class WorkerProcessCollector:
@@ -94,7 +102,7 @@ class WorkerProcessCollector:
 
     def _live_pids(self) -> list[int]:
         pids = {int(m.group(1)) for name in os.listdir(self._path) if (m := _PID_FILE.search(name))}
-        return sorted(pid for pid in pids if os.path.exists(f"/proc/{pid}"))
+        return sorted(pid for pid in pids if pid_alive(pid))
 
     def collect(self) -> Iterator[Metric]:
         families: dict[str, Metric] = {}
@@ -112,6 +120,6 @@ def exposition_registry(registry: CollectorRegistry | None = None) -> CollectorR
     if path is None:
         return REGISTRY if registry is None else registry
     served = CollectorRegistry()
-    _FlushingCollector(served, path=path)
+    _FoldingCollector(served, path=path)
     WorkerProcessCollector(path, served)
     return served
