@@ -40,6 +40,8 @@ import pytest
 import yaml
 from modelmon.cli import build_parser
 
+from demo.native import current_bin_dirs
+
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 SCHEMA = json.loads((REPO / "tests" / "schemas" / "compose-spec.json").read_text())
@@ -526,12 +528,15 @@ def test_images_are_pinned_to_exact_versions():
     assert images["grafana"] == f"grafana/grafana:{grafana}"
     assert images["elasticsearch"] == f"docker.elastic.co/elasticsearch/elasticsearch:{elk}"
     assert images["kibana"] == f"docker.elastic.co/kibana/kibana:{elk}"
-    # The config files are written and tested for Prometheus 2.42 and Alertmanager 0.25:
-    # a 2.x Prometheus, an Alertmanager from 0.25 on.
+    # The config files are written and tested for Prometheus 2.42 and 3.x and Alertmanager
+    # 0.25 and 0.3x; compose runs the current releases, the ones the live tests run.
     prometheus = tuple(int(x) for x in image_tag(images["prometheus"]).lstrip("v").split("."))
     alertmanager = tuple(int(x) for x in image_tag(images["alertmanager"]).lstrip("v").split("."))
-    assert prometheus[0] == 2 and prometheus >= (2, 42, 0)
-    assert (0, 25, 0) <= alertmanager < (1, 0, 0)
+    assert prometheus[0] == 3 and (0, 30, 0) <= alertmanager < (1, 0, 0)
+    built = {Path(d).name for d in current_bin_dirs()}
+    assert {f"prometheus-{image_tag(images['prometheus']).lstrip('v')}",
+            f"alertmanager-{image_tag(images['alertmanager']).lstrip('v')}"} == built, \
+        "compose pins other versions than scripts/install-prometheus3.sh builds for the tests"
     # Our own services are built, never pulled.
     assert {n for n, s in COMPOSE["services"].items() if built_here(s)} == {
         "demo", "traffic", "alert-sink", "runbooks", "setup", "shipper"}
