@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from modelmon import exported_samples
-from modelmon.metrics import ALERT_THRESHOLDS, CONTRACT, MEAN_SHIFT_MIN_EFFECT
+from modelmon.metrics import ALERT_THRESHOLDS, CONTRACT, MEAN_SHIFT_MIN_EFFECT, NEGATIVE, POSITIVE, SIGN, SIGNS
 from servers import CURRENT, LINES, binary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -271,15 +271,15 @@ MINUTES = {"1h": 60, "1d": 1440}
 
 
 def series_rates(path: Path) -> dict[tuple[str, str, str, str], float]:
-    """(metric, column label, column, bin or "") -> per-minute increase or constant value, summed or
-    maxed over replicas as the rules do."""
+    """(metric, column label, column, bin or sign or "") -> per-minute increase or constant value, summed
+    or maxed over replicas as the rules do."""
     found: dict[tuple, float] = {}
     for group in yaml.safe_load(path.read_text())["tests"]:
         for s in group["input_series"]:
             metric = re.match(r"[\w:]+", s["series"]).group()
             labels = dict(re.findall(r'(\w+)="([^"]*)"', s["series"]))
             column = "feature" if "feature" in labels else "output"
-            key = (metric, column, labels[column], labels.get("bin", ""))
+            key = (metric, column, labels[column], labels.get("bin", labels.get(SIGN, "")))
             rate = re.fullmatch(r"0\+([0-9.]+)x\d+", s["values"])
             if rate:  # a counter: replicas add up
                 found[key] = found.get(key, 0.0) + float(rate.group(1))
@@ -305,9 +305,10 @@ def numpy_statistics(rates: dict, column: str, name: str, window: str) -> dict[s
         "chi_square": float(n * np.sum((live - ref) ** 2 / q)),
     }
     value = f"modelmon_{kind}_value"
-    if (f"{value}_count", column, name, "") in rates:
-        count = rates[(f"{value}_count", column, name, "")] * MINUTES[window]
-        mean = rates[(f"{value}_sum", column, name, "")] * MINUTES[window] / count
+    if (f"{value}_count", column, name, POSITIVE) in rates:  # values >= 0 summed, magnitudes of values < 0 apart
+        count = sum(rates[(f"{value}_count", column, name, sign)] for sign in SIGNS) * MINUTES[window]
+        total = rates[(f"{value}_sum", column, name, POSITIVE)] - rates[(f"{value}_sum", column, name, NEGATIVE)]
+        mean = total * MINUTES[window] / count
         ref_prefix = "modelmon_reference_" + ("" if kind == "feature" else "prediction_")
         stddev = rates[(ref_prefix + "stddev", column, name, "")]
         stats["mean_shift"] = (mean - rates[(ref_prefix + "mean", column, name, "")]) / (stddev / math.sqrt(count))
