@@ -98,8 +98,10 @@ def signed_sums(x: np.ndarray, total: float | None = None) -> SignedSums:
         return (float(x.sum()) if total is None else total), 0.0, 0
     if k == len(x):
         return 0.0, -(float(x.sum()) if total is None else total), k
-    # dot products with the masks: exact terms (x times 1 or 0), and faster than x[mask].sum()
-    return float(np.dot(x, ~negative)), -float(np.dot(x, negative)), k
+    # Not np.dot with the masks (faster on one thread, but BLAS spreads long columns over
+    # threads: 10 ms instead of 0.1 ms for 100,000 values on a loaded machine), nor x[mask]
+    # (7x slower than this on long columns).
+    return float(np.maximum(x, 0.0).sum()), -float(np.minimum(x, 0.0).sum()), k
 
 
 class NumericBins:
