@@ -19,7 +19,9 @@ set -euo pipefail
 
 PROMETHEUS_MODULE_VERSION="${PROMETHEUS_MODULE_VERSION:-v0.316.0}" # Prometheus 3.16.0
 ALERTMANAGER_VERSION="${ALERTMANAGER_VERSION:-v0.35.0}"
-CACHE="${MODELMON_CACHE:-/var/cache/modelmon}"
+# root (CI): /var/cache/modelmon; anyone else: ~/.cache/modelmon; MODELMON_CACHE overrides.
+if [ "$(id -u)" -eq 0 ]; then default_cache=/var/cache/modelmon; else default_cache="${XDG_CACHE_HOME:-$HOME/.cache}/modelmon"; fi
+CACHE="${MODELMON_CACHE:-$default_cache}"
 
 # v0.316.0 -> 3.16.0 (Prometheus tags its Go module v0.3MM.P for release 3.MM.P)
 prom_release() {
@@ -43,14 +45,24 @@ ok() { # every named binary exists and answers --version
   done
 }
 
-command -v go >/dev/null || [ ! -x /usr/local/go/bin/go ] || PATH="$PATH:/usr/local/go/bin"
-command -v go >/dev/null || { echo "install-prometheus3.sh: needs Go 1.26 or later on PATH" >&2; exit 1; }
 export GOFLAGS="${GOFLAGS:+$GOFLAGS }-trimpath -buildvcs=false"
 export CGO_ENABLED=0
 ldflags() { # version info, as the release builds (.promu.yml) set it
   local v="$1" c=github.com/prometheus/common/version
   echo "-s -w -X $c.Version=$v -X $c.Revision=$2 -X $c.Branch=HEAD -X $c.BuildUser=modelmon@install-prometheus3 -X $c.BuildDate=$(date -u +%Y%m%d-%H:%M:%S)"
 }
+
+ok "$PROM_DIR" prometheus promtool && ok "$AM_DIR" alertmanager amtool && exit 0
+
+command -v go >/dev/null || [ ! -x /usr/local/go/bin/go ] || PATH="$PATH:/usr/local/go/bin"
+command -v go >/dev/null || { echo "install-prometheus3.sh: needs Go 1.26 or later on PATH" >&2; exit 1; }
+
+# One build at a time (make demo and make test may run together); a build that was
+# interrupted leaves a *.tmp.* directory, removed here.
+mkdir -p "$CACHE/bin"
+exec 9>"$CACHE/bin/.lock"
+flock 9
+rm -rf "$PROM_DIR".tmp.* "$AM_DIR".tmp.*
 
 if ! ok "$PROM_DIR" prometheus promtool; then
   echo "building Prometheus $PROMETHEUS_VERSION (module $PROMETHEUS_MODULE_VERSION) into $PROM_DIR; about 8 minutes on 2 cores"
