@@ -1,4 +1,4 @@
-"""ASGI middleware (FastAPI, Starlette): HTTP metrics by route template, and /metrics."""
+"""ASGI (FastAPI, Starlette): HTTP metrics by route template, /metrics, and /feedback."""
 from __future__ import annotations
 
 import time
@@ -18,10 +18,13 @@ class PrometheusMiddleware:
 
     The handler label is the matched route's path template (``/items/{item_id}``),
     as the router records it in ``scope["route"]``; requests no route matched share
-    the handler ``unmatched``. ``metrics_path`` is answered by the middleware itself.
+    the handler ``unmatched``. ``metrics_path`` is answered by the middleware itself;
+    ``metrics_path=None`` serves no metrics on the app's port (serve them elsewhere with
+    ``modelmon.start_http_server``).
     """
 
-    def __init__(self, app: ASGIApp, *, registry: CollectorRegistry | None = None, metrics_path: str = "/metrics"):
+    def __init__(self, app: ASGIApp, *, registry: CollectorRegistry | None = None,
+                 metrics_path: str | None = "/metrics"):
         self.app = app
         self.registry = registry
         self.metrics_path = metrics_path
@@ -61,3 +64,50 @@ class PrometheusMiddleware:
             "headers": [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())],
         })
         await send({"type": "http.response.body", "body": body})
+
+
+def feedback_route(monitor, path: str = "/feedback", *, token: str | None = None, token_file: str | None = None,
+                   max_bytes: int | None = None, limits=None):
+    """A Starlette ``Route`` for ``POST path``: delayed labels, as ``modelmon.flask.add_feedback_route``.
+
+    The body is taken from ``receive()`` chunk by chunk and refused (413) past
+    ``max_bytes`` (default 1 MiB) before anything is parsed; a ``Content-Length`` over it
+    is refused without reading. ``token`` / ``token_file`` (else ``MODELMON_FEEDBACK_TOKEN``
+    / ``MODELMON_FEEDBACK_TOKEN_FILE``) require ``Authorization: Bearer <token>``.
+    Raises ``FeedbackConfigError`` at once for a configured token that is empty or
+    unreadable. FastAPI or Starlette: ``app.router.routes.append(feedback_route(monitor))``,
+    or ``add_feedback_route(app, monitor)``.
+    """
+    from starlette.requests import ClientDisconnect, Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from .feedback import FeedbackEndpoint, Refused, too_large
+
+    feedback = FeedbackEndpoint(monitor, token=token, token_file=token_file, limits=limits, max_bytes=max_bytes)
+
+    async def endpoint(request: Request) -> JSONResponse:
+        headers = request.headers
+        try:
+            feedback.precheck(headers.get("authorization"), headers.get("content-type"), headers.get("content-length"))
+            body = bytearray()
+            try:
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > feedback.max_bytes:
+                        raise too_large(feedback.max_bytes)
+            except ClientDisconnect:
+                raise Refused(400, "the client disconnected before the end of the body") from None
+            status, answer = feedback.finish(bytes(body))
+            extra: dict[str, str] = {}
+        except Refused as refused:
+            status, answer, extra = feedback.refused(refused)
+        extra = {k: v for k, v in extra.items() if k.lower() != "content-type"}
+        return JSONResponse(answer, status_code=status, headers=extra)
+
+    return Route(path, endpoint, methods=["POST"], name="modelmon_feedback")
+
+
+def add_feedback_route(app, monitor, path: str = "/feedback", **options) -> None:
+    """Add ``feedback_route(monitor, path, **options)`` to a FastAPI or Starlette app."""
+    app.router.routes.append(feedback_route(monitor, path, **options))

@@ -6,6 +6,12 @@ In ``gunicorn.conf.py``::
 
 with ``PROMETHEUS_MULTIPROC_DIR`` exported before gunicorn starts. Works with sync,
 threaded and uvicorn workers, with or without ``--preload``.
+
+To keep ``/metrics`` off the service's public port, serve it from the master on a port
+of its own (and ``instrument_app(app, metrics_path=None)`` in the app)::
+
+    from modelmon.gunicorn import serve_metrics
+    when_ready = serve_metrics(9100, addr="127.0.0.1")
 """
 from __future__ import annotations
 
@@ -35,3 +41,25 @@ def child_exit(server, worker) -> None:
         _directory().fold_dead_workers()
     except Exception:
         server.log.exception("modelmon: folding the metrics files of worker %s failed", worker.pid)
+
+
+def serve_metrics(port: int, addr: str = "127.0.0.1"):
+    """A gunicorn ``when_ready`` hook: the master serves ``/metrics`` on ``addr:port``.
+
+    Only one process can bind the port, so it is the master, once, before the workers
+    are forked: it reads the shared directory like any scrape, so the answer is summed
+    over every worker, dead workers' files folded first. ``when_ready = serve_metrics(...)``
+    in ``gunicorn.conf.py``.
+    """
+    started: list[object] = []
+
+    def when_ready(server) -> None:
+        if started:  # a reload (SIGHUP) runs when_ready again; the server is still up
+            return
+        _directory()
+        from .exposition import start_http_server
+
+        started.append(start_http_server(port, addr=addr))
+        server.log.info("modelmon: serving /metrics on %s:%s", addr, port)
+
+    return when_ready

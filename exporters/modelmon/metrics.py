@@ -167,7 +167,7 @@ ALERT_THRESHOLDS: dict[str, float] = {
 MEAN_SHIFT_MIN_EFFECT = 0.2
 
 # Stages of modelmon_internal_errors_total: a closed set, so the label stays bounded.
-STAGES = ("input", "observe", "flush", "http", "log", "outcome")
+STAGES = ("input", "observe", "flush", "http", "log", "outcome", "feedback")
 
 
 def _build(spec: MetricSpec):
