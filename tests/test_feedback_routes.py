@@ -329,3 +329,67 @@ def test_uvicorn_serves_metrics_off_the_public_port(tmp_path, reference_path):
         assert samples[("modelmon_predictions_total", frozenset({"model": "house", "version": "1.0"}.items()))] == 5
     finally:
         server.stop()
+
+
+# -- the framework-neutral core, in process ------------------------------------------
+
+def test_token_precedence_and_start_up_errors(tmp_path):
+    from modelmon.feedback import FeedbackConfigError, resolve_token
+
+    file = tmp_path / "token"
+    file.write_text("from-file\n")
+    env = {"MODELMON_FEEDBACK_TOKEN": "from-env"}
+    assert resolve_token(environ={}) is None
+    assert resolve_token("argument", environ=env) == "argument"
+    assert resolve_token(token_file=file, environ=env) == "from-file"
+    assert resolve_token(environ=env) == "from-env"
+    assert resolve_token(environ={"MODELMON_FEEDBACK_TOKEN_FILE": str(file)}) == "from-file"
+    (tmp_path / "empty").write_text(" \n")
+    for kwargs, environ, message in (
+        ({"token": ""}, {}, "is empty"),
+        ({"token": "two words"}, {}, "printable ASCII"),
+        ({"token": "a", "token_file": file}, {}, "not both"),
+        ({}, {"MODELMON_FEEDBACK_TOKEN": ""}, "is empty"),
+        ({}, {**env, "MODELMON_FEEDBACK_TOKEN_FILE": str(file)}, "not both"),
+        ({}, {"MODELMON_FEEDBACK_TOKEN_FILE": str(tmp_path / "empty")}, "is empty"),
+        ({}, {"MODELMON_FEEDBACK_TOKEN_FILE": str(tmp_path / "absent")}, "cannot read"),
+    ):
+        with pytest.raises(FeedbackConfigError, match=message) as raised:
+            resolve_token(**kwargs, environ=environ)
+        assert "from-env" not in str(raised.value) and "from-file" not in str(raised.value)
+
+
+def test_record_labels_and_record_label_bytes_have_the_same_bounds(monitor, registry):
+    from conftest import scrape as scrape_registry
+    from modelmon.feedback import FeedbackLimits, read_capped, record_label_bytes, record_labels
+
+    monitor.observe({"area": 100.0, "rooms": 2.0, "city": "nice"}, 300.0, prediction_id="a")
+    assert record_labels(monitor, {"prediction_id": "a", "actual": 310.0}) == (200, {"joined": 1, "unmatched": 0})
+    assert record_labels(monitor, [{"prediction_id": "p" * 257, "actual": 1}])[0] == 400
+    assert record_labels(monitor, {"prediction_id": True, "actual": 1})[0] == 400
+    assert record_labels(monitor, {"prediction_id": "b", "actual": {"x": 1}})[0] == 400
+    assert record_labels(monitor, [{"prediction_id": "b", "actual": 1}] * 10_001)[0] == 413
+    assert record_labels(monitor, "nonsense")[0] == 400
+    small = FeedbackLimits(max_bytes=100, max_labels=2, max_id_length=4, max_label_length=3)
+    assert record_labels(monitor, [{"prediction_id": "b", "actual": 1}] * 3, limits=small)[0] == 413
+    assert record_labels(monitor, {"prediction_id": "b", "actual": "abcd"}, limits=small)[0] == 400
+    assert record_label_bytes(monitor, b'{"prediction_id": "b", "actual": 1}') == (200, {"joined": 0, "unmatched": 1})
+    assert record_label_bytes(monitor, b"x" * 101, limits=small)[0] == 413
+    assert record_label_bytes(monitor, b"{not json")[0] == 400
+    assert record_label_bytes(monitor, b"[" * 100_000)[0] == 400  # too deep for the parser: 400, not a crash
+    assert scrape_registry(registry)[("modelmon_internal_errors_total", frozenset({("stage", "feedback")}))] == 10
+
+    reads = []
+
+    def read(n: int) -> bytes:
+        reads.append(n)
+        return b"x" * n
+
+    from modelmon.feedback import Refused
+
+    with pytest.raises(Refused) as refused:  # an endless chunked body: read to the cap + 1, no further
+        read_capped(read, None, 1000)
+    assert refused.value.status == 413 and sum(reads) == 1001
+    assert read_capped(lambda n: b"", None, 1000) == b""
+    with pytest.raises(Exception, match="positive integer"):
+        FeedbackLimits(max_bytes=0)
