@@ -33,3 +33,21 @@ def test_the_training_csv_helpers_live_below_the_commands():
 
     assert report.read_csv is training_csv.read_csv is cli.read_csv
     assert skew.NA_VALUES is training_csv.NA_VALUES
+
+
+def test_the_modules_import_one_way():
+    """No import cycle among the package's modules (lazy imports count): lower modules never import higher ones."""
+    graph = {p.stem: imported_modules(p) - {p.stem} for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    done: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        if module in path:
+            raise AssertionError("import cycle: " + " -> ".join(path[path.index(module):] + (module,)))
+        if module in done or module not in graph:
+            return
+        for imported in sorted(graph[module]):
+            visit(imported, path + (module,))
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, ())
