@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from modelmon.metrics import MEAN_SHIFT_MIN_EFFECT, SIGN  # the package: run with .venv/bin/python
+from modelmon.metrics import MEAN_SHIFT_MIN_EFFECT, NEGATIVE, POSITIVE, SIGN  # the package: run with .venv/bin/python
 
 OUT = Path(__file__).resolve().parent / "dashboards"
 SCHEMA_VERSION = 42
@@ -795,7 +795,8 @@ def band(sign: str) -> str:
     k = threshold("ModelmonPredictionMeanShift")
     # predictions in the hour: the value summary's count over both signs
     stddevs = (f"clamp_min({k} * on(job, model, version) group_right() (1 / sqrt(sum without(instance, pod, pid, "
-               f"{SIGN}) (increase(modelmon_prediction_value_count{{{SEL}}}[1h])))), {MEAN_SHIFT_MIN_EFFECT})")
+               f"{SIGN}) (increase(modelmon_prediction_value_count{{{SEL}, {SIGN}=~\"{POSITIVE}|{NEGATIVE}\"}}[1h])))), "
+               f"{MEAN_SHIFT_MIN_EFFECT})")
     return (f"max without(instance, pod, pid) (modelmon_reference_prediction_mean{{{SEL}}}) {sign} "
             f"max without(instance, pod, pid) (modelmon_reference_prediction_stddev{{{SEL}}}) * {stddevs}")
 
