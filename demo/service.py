@@ -1,12 +1,15 @@
 """The demo model service: Flask under gunicorn, instrumented with modelmon.
 
 POST /predict  {"prediction_id": "p-1", "features": {"LotArea": 8450, ...}}
-POST /feedback {"prediction_id": "p-1", "actual": 208500} (delayed labels)
+POST /feedback {"prediction_id": "p-1", "actual": 208500} (delayed labels; with
+               Authorization: Bearer <token> when MODELMON_FEEDBACK_TOKEN or
+               MODELMON_FEEDBACK_TOKEN_FILE is set, as the compose and native stacks do)
 GET  /metrics, GET /healthz
 
 Demo only: the header ``X-Demo-Fault: nan`` makes the model answer NaN and
 ``X-Demo-Fault: slow`` adds 300 ms, so the traffic generator can show those alerts.
-Settings (environment): MODELMON_EVENTS_DIR, MODELMON_OUTCOMES.
+Settings (environment): MODELMON_EVENTS_DIR, MODELMON_OUTCOMES, MODELMON_FEEDBACK_TOKEN or
+MODELMON_FEEDBACK_TOKEN_FILE (modelmon.feedback).
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ monitor = ModelMonitor(
 )
 app = Flask(__name__)
 instrument_app(app)
-add_feedback_route(app, monitor)
+add_feedback_route(app, monitor)  # bounded to 1 MiB; the token from the environment
 
 
 @app.post("/predict")

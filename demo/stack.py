@@ -7,6 +7,8 @@ look; Ctrl-C stops everything it started.
 from __future__ import annotations
 
 import argparse
+import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -48,6 +50,17 @@ class NativeStack:
         self.workdir, self.ports, self.elastic, self.line = workdir, ports, elastic, line
         self.elastic_dir = elastic_dir or workdir / "elasticsearch"
         self.processes: list[Process | Elasticsearch] = []
+        self.token_file = workdir / "feedback-token"  # the demo's /feedback token, new for each stack
+
+    def new_feedback_token(self) -> str:
+        """A fresh bearer token for the demo's /feedback, in a file only this user reads."""
+        token = secrets.token_hex(24)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(token + "\n")
+        os.chmod(self.token_file, 0o600)
+        return token
 
     @property
     def addresses(self) -> dict[str, str]:
@@ -94,12 +107,14 @@ class NativeStack:
             train()
         metrics_dir = self.workdir / "metrics"
         metrics_dir.mkdir(parents=True, exist_ok=True)
+        self.new_feedback_token()
         return Process(
             "demo", [sys.executable, "-m", "gunicorn", "-c", "demo/gunicorn.conf.py",
                      "-b", f"127.0.0.1:{self.ports.demo}", "demo.service:app"],
             ready_url=f"{self.url('demo')}/healthz", log=self.workdir / "logs" / "demo.log",
             env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "MODELMON_EVENTS_DIR": str(self.workdir / "events"),
-                 "MODELMON_OUTCOMES": str(self.workdir / "outcomes.sqlite")},
+                 "MODELMON_OUTCOMES": str(self.workdir / "outcomes.sqlite"),
+                 "MODELMON_FEEDBACK_TOKEN_FILE": str(self.token_file)},
         )
 
     def alert_sink(self) -> Process:
@@ -156,6 +171,7 @@ class NativeStack:
             "traffic", [sys.executable, "-m", "demo.traffic", scenario, "--url", self.url("demo"),
                         "--rate", str(rate)],
             ready_url=f"{self.url('demo')}/healthz", log=self.workdir / "logs" / "traffic.log",
+            env={"MODELMON_FEEDBACK_TOKEN_FILE": str(self.token_file)},
         )
 
     def pages(self) -> dict[str, str]:
@@ -219,7 +235,7 @@ def main() -> None:
         pages = stack.pages()
         print(f"""
 modelmon demo is up ({args.scenario} traffic, {args.rate:g} requests/s); Ctrl-C stops it.
-  model service   {stack.url('demo')}/metrics   (POST /predict, POST /feedback)
+  model service   {stack.url('demo')}/metrics   (POST /predict, POST /feedback with the token in {stack.token_file})
   Prometheus      {pages['prometheus alerts']}
                   {pages['prometheus query']}
   Alertmanager    {pages['alertmanager alerts']}

@@ -9,6 +9,9 @@
     python -m demo.traffic quality-drop      # labels 60% above the predictions' truth
 
 Options: --url (default http://127.0.0.1:8000), --rate requests/s, --duration seconds.
+Labels go to /feedback with the service's bearer token: MODELMON_FEEDBACK_TOKEN, or the
+file MODELMON_FEEDBACK_TOKEN_FILE names, or the one `make demo` writes for its run
+(demo/build/stack/feedback-token); none of them: no token.
 """
 from __future__ import annotations
 
@@ -24,9 +27,20 @@ from typing import Callable
 import pandas as pd
 import requests
 
-from .model import DATA, FEATURES, TARGET
+from modelmon.feedback import resolve_token
+
+from .model import BUILD, DATA, FEATURES, TARGET
 
 LABEL_DELAY_SECONDS = 20.0
+STACK_TOKEN_FILE = BUILD / "stack" / "feedback-token"  # demo.stack's default --workdir
+
+
+def feedback_token() -> str | None:
+    """The token the service's /feedback wants: as the service reads it, else make demo's."""
+    token = resolve_token()
+    if token is None and STACK_TOKEN_FILE.is_file():
+        token = resolve_token(token_file=STACK_TOKEN_FILE)
+    return token
 
 
 def _clean(row: dict) -> dict:
@@ -52,8 +66,9 @@ SCENARIOS: dict[str, tuple[Callable[[dict], dict], str | None, float]] = {
 class Traffic:
     """Sends one scenario's predictions at a fixed rate and their labels later."""
 
-    def __init__(self, url: str, scenario: str, rate: float):
+    def __init__(self, url: str, scenario: str, rate: float, token: str | None = None):
         self.url, self.rate = url.rstrip("/"), rate
+        self.feedback_headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.transform, self.fault, self.truth_factor = SCENARIOS[scenario]
         frame = pd.read_csv(DATA / "train.csv")
         self.rows = [(_clean(r[FEATURES].to_dict()), float(r[TARGET])) for _, r in frame.iterrows()]
@@ -87,7 +102,9 @@ class Traffic:
         if due:
             body = [{"prediction_id": pid, "actual": actual} for _, pid, actual in due]
             try:
-                requests.post(f"{self.url}/feedback", json=body, timeout=10)
+                response = requests.post(f"{self.url}/feedback", json=body, headers=self.feedback_headers, timeout=10)
+                if response.status_code != 200:
+                    print(f"{len(due)} labels refused: {response.status_code} {response.text[:200]}", flush=True)
             except requests.RequestException:
                 print(f"could not send {len(due)} labels", flush=True)
 
@@ -109,7 +126,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=10.0, help="requests per second")
     parser.add_argument("--duration", type=float, default=math.inf, help="seconds (default: until Ctrl-C)")
     args = parser.parse_args()
-    traffic = Traffic(args.url, args.scenario, args.rate)
+    traffic = Traffic(args.url, args.scenario, args.rate, token=feedback_token())
     print(f"{args.scenario}: {args.rate:g} requests/s to {args.url}", flush=True)
     try:
         traffic.run(args.duration)

@@ -674,7 +674,7 @@ def test_the_traffic_command_parses_with_the_real_parser(monkeypatch, repo_on_pa
     class Traffic:
         sent = failed = 0
 
-        def __init__(self, url: str, scenario: str, rate: float):
+        def __init__(self, url: str, scenario: str, rate: float, token: str | None = None):
             started.append((url, scenario, rate))
 
         def run(self, duration: float) -> None:

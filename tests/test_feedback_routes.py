@@ -393,3 +393,34 @@ def test_record_labels_and_record_label_bytes_have_the_same_bounds(monitor, regi
     assert read_capped(lambda n: b"", None, 1000) == b""
     with pytest.raises(Exception, match="positive integer"):
         FeedbackLimits(max_bytes=0)
+
+
+def test_the_native_demo_stack_gives_its_service_and_traffic_a_token(tmp_path, monkeypatch):
+    """demo/stack.py makes a token per run; the demo service refuses labels without it and
+    demo/traffic.py sends it (labels joined, the only refusal counted is ours)."""
+    from demo.stack import NativeStack, Ports
+    from demo.traffic import Traffic
+
+    stack = NativeStack(tmp_path, Ports.free())
+    stack.launch(stack.demo_service())
+    try:
+        token = stack.token_file.read_text().strip()
+        assert len(token) >= 32 and stack.token_file.stat().st_mode & 0o077 == 0
+        url = stack.url("demo")
+        assert post(url, {"prediction_id": "x", "actual": 1.0}, token=None).status_code == 401
+        monkeypatch.setenv("MODELMON_FEEDBACK_TOKEN_FILE", str(stack.token_file))
+        from demo.traffic import feedback_token
+
+        traffic = Traffic(url, "steady", 5, token=feedback_token())
+        for _ in range(20):
+            traffic.predict_one()
+        assert traffic.failed == 0
+        time.sleep(1.5)  # > MODELMON_FLUSH_INTERVAL: predictions are in the shared outcome store
+        traffic.labels = [(0.0, pid, actual) for _, pid, actual in traffic.labels]
+        traffic.send_due_labels()
+        time.sleep(1.5)
+        samples = scrape(url + "/metrics")
+        assert sum(v for (n, _), v in samples.items() if n == "modelmon_outcomes_total") == 20
+        assert samples[("modelmon_internal_errors_total", frozenset({("stage", "feedback")}))] == 1
+    finally:
+        stack.stop()
