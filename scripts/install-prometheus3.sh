@@ -7,14 +7,15 @@
 #   scripts/install-prometheus3.sh          build what is missing, print nothing else
 #   scripts/install-prometheus3.sh --path   print the bin directories (for PATH)
 #
-# A cold build took 9 minutes on 2 cores shared with other work (Prometheus 8, Alertmanager 1); a warm
-# run only checks that each cached binary answers --version. Bump a version here
-# and the next run builds it into a new directory.
+# A cold build took 9 minutes on 2 cores shared with other work (Prometheus 8,
+# Alertmanager 1); a warm run only checks that each cached binary answers --version.
+# Bump a version here and the next run builds it into a new directory.
 #
-# Prometheus is built without its web UI assets (no node here): the API, /metrics,
-# /-/ready work, the UI pages answer 200 with a short "assets not built" page.
-# Alertmanager's module lacks ui/app/dist, which its ui package embeds, so it is
-# built from a copy of the module with a placeholder page there; the API v2 works.
+# Neither web UI is built (its assets need an npm build). Prometheus: the API, /metrics
+# and /-/ready work, the UI pages (/alerts, /query, /graph) answer 500. Alertmanager's
+# module lacks ui/app/dist, which its ui package embeds, so it is built from a copy of
+# the module with a placeholder page there (/ says where the API is); API v2 works.
+# demo/stack.py prints API links when the UI is missing.
 set -euo pipefail
 
 PROMETHEUS_MODULE_VERSION="${PROMETHEUS_MODULE_VERSION:-v0.316.0}" # Prometheus 3.16.0
