@@ -57,6 +57,8 @@ class Server:
         else:
             argv = [sys.executable, "-m", "modelmon.uvicorn", "feedback_asgi_app:app", "--host", "127.0.0.1",
                     "--port", str(self.port), "--log-level", "warning"]
+            if workers > 1:
+                argv += ["--workers", str(workers)]
         self.log = open(tmp_path / f"{kind}.log", "wb")
         self.proc = subprocess.Popen(argv, env=environ, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
@@ -318,7 +320,7 @@ def test_gunicorn_master_serves_metrics_off_the_public_port(tmp_path, reference_
 
 def test_uvicorn_serves_metrics_off_the_public_port(tmp_path, reference_path):
     metrics_port = free_port()
-    server = Server("uvicorn", tmp_path, reference_path, env={"METRICS_PORT": str(metrics_port)})
+    server = Server("uvicorn", tmp_path, reference_path, env={"METRICS_OFF_APP": "1", "METRICS_PORT": str(metrics_port)})
     try:
         assert requests.get(server.url + "/metrics", timeout=5).status_code == 404
         for _ in range(5):
@@ -330,6 +332,28 @@ def test_uvicorn_serves_metrics_off_the_public_port(tmp_path, reference_path):
     finally:
         server.stop()
 
+
+def test_uvicorn_supervisor_serves_metrics_off_the_public_port(tmp_path, reference_path):
+    """python -m modelmon.uvicorn --workers 3 with MODELMON_METRICS_PORT: the supervisor
+    serves /metrics summed over the workers, the app's port none."""
+    metrics_port = free_port()
+    server = Server("uvicorn", tmp_path, reference_path, workers=3,
+                    env={"METRICS_OFF_APP": "1", "MODELMON_METRICS_PORT": str(metrics_port)})
+    try:
+        assert requests.get(server.url + "/metrics", timeout=5).status_code == 404
+        pids = set()
+        for _ in range(60):
+            requests.post(server.url + "/predict", json={"area": 90.0, "rooms": 3.0, "city": "lyon"},
+                          headers={"Connection": "close"}, timeout=5).raise_for_status()
+            pids.add(server.worker_pid())
+        assert len(pids) >= 2, "all requests went to one worker; the test proves nothing"
+        time.sleep(1.0)
+        samples = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+        assert samples[("modelmon_predictions_total", frozenset({"model": "house", "version": "1.0"}.items()))] == 60
+        served = {int(dict(lbl)["pid"]) for (n, lbl) in samples if n == "process_resident_memory_bytes"}
+        assert pids <= served
+    finally:
+        server.stop()
 
 # -- the framework-neutral core, in process ------------------------------------------
 

@@ -4,9 +4,15 @@ Takes uvicorn's own arguments (``python -m modelmon.uvicorn app:app --workers 4`
 runs its command line after removing the previous run's files from
 ``PROMETHEUS_MULTIPROC_DIR``. Dead or recycled workers (uvicorn restarts them, and
 ``--limit-max-requests`` recycles them) are folded at the next scrape.
+
+``MODELMON_METRICS_PORT`` (and ``MODELMON_METRICS_ADDR``, default 127.0.0.1): this
+process, uvicorn's supervisor with ``--workers``, serves ``/metrics`` summed over the
+workers on that port of its own, so that the app's port need not
+(``PrometheusMiddleware(app, metrics_path=None)``).
 """
 from __future__ import annotations
 
+import os
 import sys
 
 from .multiprocess import multiprocess_dir
@@ -18,6 +24,13 @@ def main(argv: list[str] | None = None) -> None:
     if path is None:
         sys.exit("modelmon.uvicorn: set PROMETHEUS_MULTIPROC_DIR to an empty directory before starting")
     MetricsDirectory(path).clear()
+    port = os.environ.get("MODELMON_METRICS_PORT")
+    if port:
+        if not port.isdigit():
+            sys.exit(f"modelmon.uvicorn: MODELMON_METRICS_PORT must be a port number, got {port!r}")
+        from .exposition import start_http_server
+
+        start_http_server(int(port), addr=os.environ.get("MODELMON_METRICS_ADDR", "127.0.0.1"))
     import uvicorn.main
 
     uvicorn.main.main(args=sys.argv[1:] if argv is None else argv, prog_name="python -m modelmon.uvicorn")
