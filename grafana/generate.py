@@ -20,7 +20,12 @@ from modelmon.metrics import MEAN_SHIFT_MIN_EFFECT, NEGATIVE, POSITIVE, SIGN  # 
 
 OUT = Path(__file__).resolve().parent / "dashboards"
 SCHEMA_VERSION = 42
-RUNBOOKS = "https://github.com/modelmon/modelmon/blob/main/docs/runbooks"
+# Where the runbook links go: the hidden constant variable runbook_base_url, whose default is
+# the runbook server the shipped stacks run (compose's runbooks service, make demo's), like
+# Prometheus' external label runbook_base_url. Point it at your wiki: change it here and
+# regenerate, or edit the variable in the dashboard.
+RUNBOOK_BASE_URL = "http://localhost:9098"
+RUNBOOKS = "${runbook_base_url}"
 PROMETHEUS_UID = "modelmon-prometheus"
 ELASTICSEARCH_UID = "modelmon-elasticsearch"
 
@@ -129,7 +134,7 @@ def board_link(board: tuple[str, str, str]) -> dict:
             "asDropdown": False, "includeVars": False, "keepTime": True, "targetBlank": False}
 
 
-RUNBOOKS_LINK = {"title": "Runbooks", "type": "link", "url": RUNBOOKS.replace("/blob/", "/tree/"), "icon": "doc",
+RUNBOOKS_LINK = {"title": "Runbooks", "type": "link", "url": f"{RUNBOOKS}/", "icon": "doc",
                  "tooltip": "One page per modelmon alert", "tags": [], "asDropdown": False,
                  "includeVars": False, "keepTime": False, "targetBlank": True}
 
@@ -270,6 +275,14 @@ def prometheus_variable(name: str = "datasource") -> dict:
     return datasource_variable(name, label, "prometheus", PROMETHEUS_UID, "Prometheus")
 
 
+def runbook_variable() -> dict:
+    """The base of the runbook links: a hidden constant (see RUNBOOK_BASE_URL)."""
+    return {"type": "constant", "name": "runbook_base_url", "label": "Runbooks", "hide": 2,
+            "description": "Base URL of the runbook links (one page per alert, <base>/<Alert>.md).",
+            "query": RUNBOOK_BASE_URL, "skipUrlSync": True,
+            "current": {"selected": False, "text": RUNBOOK_BASE_URL, "value": RUNBOOK_BASE_URL}, "options": []}
+
+
 def dashboard(board: tuple[str, str, str], description: str, variables: list[dict], panels: list[dict],
               others: tuple) -> dict:
     uid, _, title = board
@@ -283,7 +296,7 @@ def dashboard(board: tuple[str, str, str], description: str, variables: list[dic
             "iconColor": "rgba(0, 211, 255, 1)", "name": "Annotations & Alerts", "type": "dashboard",
         }]},
         "links": [*(board_link(other) for other in others), RUNBOOKS_LINK],
-        "templating": {"list": variables},
+        "templating": {"list": [*variables, runbook_variable()]},
         "panels": layout(panels),
     }
 

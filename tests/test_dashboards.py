@@ -44,7 +44,7 @@ GRAFANA = REPO / "grafana"
 RULE_FILES = sorted((REPO / "prometheus" / "rules").glob("*.yml"))
 SERVICE = REPO / "tests" / "fixtures" / "dashboard_service.py"
 UIDS = {"model-service.json": "modelmon-ops", "model-data.json": "modelmon-data", "model-events.json": "modelmon-logs"}
-RUNBOOK_URL = re.compile(r"https://github\.com/modelmon/modelmon/blob/main/docs/runbooks/(\w+)\.md")
+RUNBOOK_URL = re.compile(r"\$\{runbook_base_url\}/(\w+)\.md")
 
 
 def load_generator():
@@ -425,6 +425,14 @@ def test_dashboard_links_open_dashboards_and_runbooks_that_exist():
     assert runbooks <= ALERTS
     assert sorted(alert for alert in runbooks if not (REPO / "docs" / "runbooks" / f"{alert}.md").is_file()) == []
     assert len(runbooks) >= 15  # most alerts are one click away from the panel showing their signal
+
+
+def test_runbook_links_default_to_the_runbook_server_prometheus_links_too():
+    external = yaml.safe_load((REPO / "prometheus" / "prometheus.yml").read_text())["global"]["external_labels"]
+    for board in DASHBOARDS.values():
+        (variable,) = [v for v in board["templating"]["list"] if v["name"] == "runbook_base_url"]
+        assert variable["type"] == "constant" and variable["query"] == external["runbook_base_url"]
+        assert "${runbook_base_url}/" in list(links(board))  # the index of all runbooks
 
 
 # -- every query against real servers ------------------------------------------------------
