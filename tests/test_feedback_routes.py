@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,7 @@ from conftest import free_port
 FIXTURES = Path(__file__).parent / "fixtures"
 TOKEN = "s3cr3t-feedback-token-0123456789abcdef"
 MAX_GROWTH = 5 * 1024 * 1024  # bytes of peak RSS a refused 200 MB body may cost
-CHUNK = b"x" * (256 * 1024)
+REQUESTS = 120  # predictions spread over several workers
 
 
 class Server:
@@ -299,19 +300,22 @@ def test_gunicorn_master_serves_metrics_off_the_public_port(tmp_path, reference_
                     conf=f"from modelmon.gunicorn import serve_metrics\nwhen_ready = serve_metrics({metrics_port})\n")
     try:
         assert requests.get(server.url + "/metrics", timeout=5).status_code == 404
-        pids = set()
-        for i in range(60):
+        def predict(_) -> str:  # in parallel, so that the kernel hands them to several workers
             response = requests.post(server.url + "/predict", json={"area": 90.0, "rooms": 3.0, "city": "lyon"},
-                                     headers={"Connection": "close"}, timeout=5)
-            pids.add(response.headers["X-Worker-Pid"])
+                                     headers={"Connection": "close"}, timeout=10)
+            response.raise_for_status()
+            return response.headers["X-Worker-Pid"]
+
+        with ThreadPoolExecutor(8) as pool:
+            pids = set(pool.map(predict, range(REQUESTS)))
         assert len(pids) >= 2, "all requests went to one worker; the test proves nothing"
         time.sleep(1.0)
         samples = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
         m = frozenset({"model": "house", "version": "1.0"}.items())
-        assert samples[("modelmon_predictions_total", m)] == 60
+        assert samples[("modelmon_predictions_total", m)] == REQUESTS
         http_total = sum(v for (n, lbl), v in samples.items() if n == "modelmon_http_requests_total"
                          and ("handler", "/predict") in lbl)
-        assert http_total == 60
+        assert http_total == REQUESTS
         served = {dict(lbl)["pid"] for (n, lbl) in samples if n == "process_resident_memory_bytes"}
         assert pids <= served
     finally:
@@ -341,15 +345,18 @@ def test_uvicorn_supervisor_serves_metrics_off_the_public_port(tmp_path, referen
                     env={"METRICS_OFF_APP": "1", "MODELMON_METRICS_PORT": str(metrics_port)})
     try:
         assert requests.get(server.url + "/metrics", timeout=5).status_code == 404
-        pids = set()
-        for _ in range(60):
+        def predict(_) -> int:
             requests.post(server.url + "/predict", json={"area": 90.0, "rooms": 3.0, "city": "lyon"},
-                          headers={"Connection": "close"}, timeout=5).raise_for_status()
-            pids.add(server.worker_pid())
+                          headers={"Connection": "close"}, timeout=10).raise_for_status()
+            return server.worker_pid()
+
+        with ThreadPoolExecutor(8) as pool:
+            pids = set(pool.map(predict, range(REQUESTS)))
         assert len(pids) >= 2, "all requests went to one worker; the test proves nothing"
         time.sleep(1.0)
         samples = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
-        assert samples[("modelmon_predictions_total", frozenset({"model": "house", "version": "1.0"}.items()))] == 60
+        m = frozenset({"model": "house", "version": "1.0"}.items())
+        assert samples[("modelmon_predictions_total", m)] == REQUESTS
         served = {int(dict(lbl)["pid"]) for (n, lbl) in samples if n == "process_resident_memory_bytes"}
         assert pids <= served
     finally:
