@@ -455,3 +455,17 @@ def test_the_native_demo_stack_gives_its_service_and_traffic_a_token(tmp_path, m
         assert samples[("modelmon_internal_errors_total", frozenset({("stage", "feedback")}))] == 1
     finally:
         stack.stop()
+
+
+def test_demo_traffic_finds_the_token_as_the_service_does(tmp_path, monkeypatch):
+    from demo import traffic
+
+    monkeypatch.delenv("MODELMON_FEEDBACK_TOKEN", raising=False)
+    monkeypatch.delenv("MODELMON_FEEDBACK_TOKEN_FILE", raising=False)
+    monkeypatch.setattr(traffic, "STACK_TOKEN_FILE", tmp_path / "absent")
+    assert traffic.feedback_token() is None
+    (tmp_path / "stack-token").write_text("from-make-demo\n")
+    monkeypatch.setattr(traffic, "STACK_TOKEN_FILE", tmp_path / "stack-token")  # a second terminal's make demo
+    assert traffic.feedback_token() == "from-make-demo"
+    monkeypatch.setenv("MODELMON_FEEDBACK_TOKEN", "from-env")  # compose
+    assert traffic.feedback_token() == "from-env"
