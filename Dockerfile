@@ -22,7 +22,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY elk ./elk
 COPY exporters ./exporters
-RUN pip install ".[demo,elastic]"
+RUN pip install ".[demo,elastic,redis]"
 
 # The demo service and its data.
 COPY demo ./demo

@@ -8,7 +8,7 @@ GET  /metrics, GET /healthz
 
 Demo only: the header ``X-Demo-Fault: nan`` makes the model answer NaN and
 ``X-Demo-Fault: slow`` adds 300 ms, so the traffic generator can show those alerts.
-Settings (environment): MODELMON_EVENTS_DIR, MODELMON_OUTCOMES, MODELMON_FEEDBACK_TOKEN or
+Settings (environment): MODELMON_EVENTS_DIR, MODELMON_OUTCOMES (a path or a redis:// URL), MODELMON_FEEDBACK_TOKEN or
 MODELMON_FEEDBACK_TOKEN_FILE (modelmon.feedback).
 """
 from __future__ import annotations
@@ -25,7 +25,6 @@ from threadpoolctl import threadpool_limits
 from modelmon import ModelMonitor
 from modelmon.events import EventLog
 from modelmon.flask import add_feedback_route, instrument_app
-from modelmon.outcomes import OutcomeStore
 
 from .model import BUILD, FEATURES, MODEL, MODEL_PATH, NUMERIC, REFERENCE_PATH, VERSION
 
@@ -35,7 +34,8 @@ monitor = ModelMonitor(
     MODEL, VERSION, REFERENCE_PATH,
     dependencies=("modelmon", "numpy", "pandas", "scikit-learn", "joblib"),
     events=EventLog(os.environ.get("MODELMON_EVENTS_DIR", BUILD / "events")),
-    outcomes=OutcomeStore(os.environ.get("MODELMON_OUTCOMES", BUILD / "outcomes.sqlite")),
+    # a path, sqlite:///path or redis://host:6379/0 (replicas on several hosts); a bad one fails here
+    outcomes=os.environ.get("MODELMON_OUTCOMES") or str(BUILD / "outcomes.sqlite"),
 )
 app = Flask(__name__)
 instrument_app(app)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # System packages the tests and the native demo need (Debian/Ubuntu), the current
 # Prometheus and Alertmanager, then the Elasticsearch zip: Debian's Prometheus 2.42 and
-# promtool, Alertmanager 0.25 and amtool, Chromium (the drift report's browser test);
+# promtool, Alertmanager 0.25 and amtool, Chromium (the drift report's browser test),
+# redis-server (the Redis outcome store's tests start their own; the packaged service is left alone);
 # Prometheus 3.x and Alertmanager 0.3x built from the Go module proxy into a cache
 # (scripts/install-prometheus3.sh: about 15 minutes the first time, seconds after);
 # Java and Maven come with the Elasticsearch step.
@@ -14,6 +15,7 @@ command -v prometheus >/dev/null || need+=(prometheus)
 command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)
 command -v amtool >/dev/null || need+=(prometheus-alertmanager)
 command -v chromium >/dev/null || need+=(chromium)
+command -v redis-server >/dev/null || need+=(redis-server)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""

@@ -23,7 +23,8 @@ from prometheus_client import CollectorRegistry
 from . import multiprocess
 from .bins import SUM_SLOTS, Bins, CategoricalBins, NumericBins, RowFlags, TextBins
 from .events import EventLog
-from .outcomes import OutcomeStore, OutcomeTracker, default_store
+from .outcomes import OutcomeStore, OutcomeTracker
+from .stores import open_store
 from .metrics import ALERT_THRESHOLDS, NEGATIVE, POSITIVE, metrics_for
 from .reference import ColumnProfile, Reference
 
@@ -48,8 +49,9 @@ class ModelMonitor:
         dependencies: Iterable[str] = DEFAULT_DEPENDENCIES,
         thresholds: Mapping[str, float] | None = None,
         events: EventLog | None = None,
-        outcomes: OutcomeStore | None = None,
+        outcomes: OutcomeStore | str | os.PathLike | None = None,
     ):
+        store = open_store(outcomes)  # a bad URL or path fails here, before anything is exported
         ref = reference if isinstance(reference, Reference) else Reference.load(Path(reference))
         unknown = set(thresholds or {}) - set(ALERT_THRESHOLDS)
         if unknown:
@@ -78,7 +80,7 @@ class ModelMonitor:
         if self._outputs:
             self._tracker_output, first = next(iter(self._outputs.items()))
             self._tracker = OutcomeTracker(self.model, self.version, isinstance(first, CategoricalBins),
-                                           outcomes if outcomes is not None else default_store(),
+                                           store,
                                            self._metrics, self._errors)
         self._error_labels: set[str] = set()
         self._metrics.add_monitor(self)

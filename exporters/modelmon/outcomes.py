@@ -238,6 +238,8 @@ class OutcomeTracker:
         self.model, self.version, self.categorical = model, version, categorical
         self.store = store
         self._metrics, self._errors = metrics, errors
+        if hasattr(store, "on_error"):  # a store that fails in the background (Redis) counts here
+            store.on_error = lambda exc: errors.count("outcome", exc)
         metrics["outcomes"].labels(model, version)  # at 0 from the start: accuracy exists before a first hit
         if categorical:
             metrics["outcomes_correct"].labels(model, version)
