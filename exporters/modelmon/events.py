@@ -2,7 +2,9 @@
 
 Each process writes ``<directory>/predictions-<pid>.jsonl`` through a rotating file
 handler (bounded: ``max_bytes`` times ``backup_count + 1`` per process), formatted by
-python-json-logger. ``modelmon ship`` delivers the files to Elasticsearch.
+python-json-logger. ``modelmon ship`` delivers the files to Elasticsearch. Or, where a
+log collector reads container output (Filebeat, Elastic Agent on Kubernetes),
+``EventLog.stdout()`` (``EventLog("-")``) writes the same lines to standard output.
 Sampling keeps ``sample_rate`` of the ordinary rows and every failed or anomalous one.
 """
 from __future__ import annotations
@@ -140,8 +142,48 @@ class _EventFileHandler(RotatingFileHandler):
         self._on_error(sys.exc_info()[1] or RuntimeError("event not written"))
 
 
+class _EventStreamHandler(logging.Handler):
+    """Events as lines on standard output: one write of a whole line per event, flushed.
+
+    The handler's lock keeps threads from interleaving; processes sharing the output (gunicorn
+    workers) do not interleave lines shorter than the pipe's atomic size (PIPE_BUF, 4096 bytes
+    on Linux), each written with one system call. Failures are counted, never raised.
+    """
+
+    def __init__(self, stream: Any, on_error: Callable[[BaseException], None]):
+        super().__init__()
+        self._stream, self._on_error = stream, on_error
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            data = (self.format(record) + "\n").encode("utf-8")
+            stream = self._stream if self._stream is not None else sys.stdout
+            target = getattr(stream, "buffer", None)
+            if target is None:  # a text stream without bytes underneath (a test's StringIO)
+                stream.write(data.decode("utf-8"))
+                stream.flush()
+                return
+            stream.flush()  # whatever the service printed itself goes first, whole
+            view = memoryview(data)
+            while view:
+                view = view[target.write(view) or len(view):]
+            target.flush()
+        except Exception:
+            self.handleError(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self._on_error(sys.exc_info()[1] or RuntimeError("event not written"))
+
+
+STDOUT = "-"
+
+
 class EventLog:
-    """Writes prediction events for one or more monitors of this process."""
+    """Writes prediction events for one or more monitors of this process.
+
+    ``directory`` gets one rotating file per process; ``"-"`` (or ``EventLog.stdout()``)
+    writes the same lines to standard output instead, for a collector of container logs.
+    """
 
     def __init__(
         self,
@@ -157,28 +199,40 @@ class EventLog:
             raise ValueError(f"sample_rate must be between 0 and 1, got {sample_rate}")
         if max_bytes < 1024 or backup_count < 1:
             raise ValueError("max_bytes must be at least 1024 and backup_count at least 1")
+        self.to_stdout = isinstance(directory, str) and directory == STDOUT
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        if not self.to_stdout:
+            self.directory.mkdir(parents=True, exist_ok=True)
         self.sample_rate = sample_rate
         self.redaction = redaction or Redaction()
         self.labels = {str(k): str(v) for k, v in (labels or {}).items()}
         self._max_bytes, self._backup_count = max_bytes, backup_count
         self._random = random.Random()
-        self._handler: _EventFileHandler | None = None
+        self._handler: logging.Handler | None = None
         self._pid = 0
         self.on_error: Callable[[BaseException], None] = lambda exc: None
 
+    @classmethod
+    def stdout(cls, **options: Any) -> "EventLog":
+        """Events on standard output (the same ECS lines): ``EventLog.stdout(sample_rate=0.1)``."""
+        return cls(STDOUT, **options)
+
     @property
-    def path(self) -> Path:
-        return self.directory / f"predictions-{os.getpid()}.jsonl"
+    def path(self) -> Path | None:
+        """This process's event file (None when writing to standard output)."""
+        return None if self.to_stdout else self.directory / f"predictions-{os.getpid()}.jsonl"
 
     def sampled(self) -> bool:
         return self.sample_rate >= 1.0 or self._random.random() < self.sample_rate
 
-    def _writer(self) -> _EventFileHandler:
-        """This process's file handler, opened on first use and again after a fork."""
+    def _writer(self) -> logging.Handler:
+        """This process's handler, opened on first use and again after a fork."""
         if self._handler is None or self._pid != os.getpid():
-            handler = _EventFileHandler(self.path, self._max_bytes, self._backup_count, lambda e: self.on_error(e))
+            if self.to_stdout:
+                handler = _EventStreamHandler(None, lambda e: self.on_error(e))
+            else:
+                handler = _EventFileHandler(self.path, self._max_bytes, self._backup_count,
+                                            lambda e: self.on_error(e))
             handler.setFormatter(JsonFormatter("%(message)s", timestamp="@timestamp"))
             self._handler, self._pid = handler, os.getpid()
         return self._handler
