@@ -216,6 +216,53 @@ def test_at_100000_rows_drift_is_decided_on_effect_size():
     assert result(column(shifted, "city"), "chi_square")["exceeded"]
 
 
+def wide_frame(rows: int, seed: int, shift: float = 0.0) -> dict[str, np.ndarray]:
+    """15 numeric features num<i> ~ N(i, 1 + i/10), shifted by ``shift`` standard deviations, and a price."""
+    rng = np.random.default_rng(seed)
+    frame = {f"num{i}": rng.normal(i + shift * (1 + i / 10), 1 + i / 10, rows) for i in range(15)}
+    frame["price"] = rng.lognormal(12, 0.4, rows)
+    return frame
+
+
+def _wide_live(frame: dict) -> LiveData:
+    n = len(frame["price"])
+    return LiveData({k: v.tolist() for k, v in frame.items()}, ["1.0"] * n, "modelmon.version", events=n)
+
+
+def test_small_samples_are_called_only_with_confidence():
+    """The issue's case: 105 rows shifted by 0.2 sd (KS D 0.08, under its 0.1 threshold) were
+    called drifted on up to 6 of 15 features; 100,000 such rows on none."""
+    training = wide_frame(20_000, seed=7)
+    reference = Reference.from_data(training, model="wide", version="1.0", prediction="price")
+    numeric = [f"num{i}" for i in range(15)]
+    undecided = 0
+    for seed in range(7):
+        # on the reference bins at 0.2 sd; with raw training values at 0.08 sd, as 0.2 sd is a
+        # Wasserstein distance of 0.2 sd, over that effect's 0.1 threshold
+        for raw, shift in ((None, 0.2), (training, 0.08)):
+            live = _wide_live(wide_frame(105, seed=100 + seed, shift=shift))
+            rep = analyse(reference, live, raw)
+            assert rep["drifting"] == [], (seed, raw is not None, rep["drifting"])
+            verdicts = [column(rep, name)["verdict"] for name in numeric]
+            assert set(verdicts) <= {"no drift", "too few rows to call"}
+            undecided += verdicts.count("too few rows to call")
+            ks = result(column(rep, "num3"), "ks_2samp" if raw is not None else "ks_binned")
+            assert ks["effect_lower"] < ks["effect_value"] < ks["effect_upper"]
+    assert undecided > 0  # the report says when 105 rows cannot settle it
+
+    big = analyse(reference, _wide_live(wide_frame(100_000, seed=99, shift=0.2)))
+    # binned D 0.074-0.086; its interval, +/- 0.015, mostly the 20,000 training rows' own noise
+    verdicts = [column(big, name)["verdict"] for name in numeric]
+    assert big["drifting"] == [] and verdicts.count("no drift") >= 12 and set(verdicts) <= {"no drift", "too few rows to call"}
+    assert all(result(column(big, name), "ks_binned")["effect_upper"] < 0.105 for name in numeric)
+
+    shifted = _wide_live(wide_frame(105, seed=200, shift=1.0))  # KS D 0.38
+    for raw in (None, training):
+        rep = analyse(reference, shifted, raw)
+        assert rep["drifting"] == numeric, raw is not None
+        assert all(column(rep, name)["verdict"] == "drift" for name in numeric)
+
+
 def test_without_training_data_numeric_columns_fall_back_to_the_reference_bins(setup, tmp_path, capsys):
     root, reference, training, live = setup
     code, rep, _ = report(capsys, tmp_path, "--reference", root / "reference.yaml", "--events", root / "drifted")
@@ -291,7 +338,11 @@ def test_html_has_one_plot_per_column_and_no_external_asset(setup, tmp_path, cap
     html = (tmp_path / "report.html").read_text()
     assert html.count('<figure class="plot"') == 4 and html.count("<svg") == 4
     assert "<script" not in html and "src=" not in html and "<link" not in html
-    assert json.loads((tmp_path / "report.json").read_text())["drifting"] == ["area", "city"]
+    rep = json.loads((tmp_path / "report.json").read_text())
+    # area, half of it shifted by 0.5 sd, on the reference bins only: binned D 0.105, whose
+    # 95% interval (about +/- 0.033 at 3,000 rows) straddles the 0.1 threshold
+    assert rep["drifting"] == ["city"] and rep["too_few_to_call"] == ["area"]
+    assert column(rep, "area")["verdict"] == "too few rows to call" and "too few rows to call" in html
 
 
 @pytest.mark.parametrize("args, message", [

@@ -18,6 +18,11 @@ from typing import Any, Iterator, Mapping
 
 from .events import DATASET, MASK, parse_timestamp
 
+try:  # 3-4x faster than json on event lines; optional (pip install 'modelmon[report]')
+    from orjson import loads as _fast_loads
+except ImportError:  # pragma: no cover
+    _fast_loads = None
+
 DATA_STREAMS = f"logs-{DATASET}-*"
 # Mappings of their own: flattening stops at these keys.
 LEAF_MAPPINGS = ("modelmon.inputs", "modelmon.outputs", "labels")
@@ -126,6 +131,8 @@ class EventStats:
     read: int = 0
     malformed: int = 0
     before_since: int = 0
+    bytes_total: int = 0  # of the event files to read (0: unknown, as for Elasticsearch)
+    bytes_read: int = 0
 
 
 def event_files(path: Path) -> list[Path]:
@@ -143,16 +150,28 @@ def event_files(path: Path) -> list[Path]:
     return sorted(files, key=order)
 
 
+def parse_line(line: bytes) -> Any:
+    """One event line: orjson when installed, json for what orjson refuses (NaN, huge integers)."""
+    if _fast_loads is not None:
+        try:
+            return _fast_loads(line)
+        except ValueError:
+            pass
+    return json.loads(line)
+
+
 def read_files(path: Path, since: datetime | None, stats: EventStats) -> Iterator[dict[str, Any]]:
     files = event_files(path)
     if not files:
         raise SourceError(f"{path}: no event files (predictions-*.jsonl) in this directory")
+    stats.bytes_total = sum(f.stat().st_size for f in files)
     for file in files:
-        with open(file, encoding="utf-8") as handle:
+        with open(file, "rb") as handle:
             for line in handle:
+                stats.bytes_read += len(line)
                 try:
-                    event = json.loads(line)
-                except ValueError:
+                    event = parse_line(line)
+                except ValueError:  # UnicodeDecodeError too
                     stats.malformed += 1
                     continue
                 if not isinstance(event, dict):

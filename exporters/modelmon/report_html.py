@@ -16,6 +16,7 @@ th, td { padding: .25em .7em; text-align: left; border-bottom: 1px solid #ddd; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .badge { display: inline-block; padding: 0 .5em; border-radius: .8em; font-size: .85em; }
 .drift { background: #fde2e1; color: #a4161a; } .ok { background: #e3f4e1; color: #216e1f; }
+.undecided { background: #fff3cd; color: #7a5b00; }
 .note { color: #7a5b00; } figure { margin: .5em 0; } figcaption { color: #555; font-size: .9em; }
 svg .ref { fill: #9aa5b1; } svg .live { fill: #2f6fdb; } svg .live.drifting { fill: #d1495b; }
 svg text { font: 11px system-ui, sans-serif; fill: #333; } svg .grid { stroke: #e5e5e5; } svg .axis { stroke: #888; }
@@ -34,6 +35,20 @@ def fmt(value: Any, spec: str = ".4g") -> str:
 
 def badge(drifting: bool, yes: str = "drift", no: str = "no drift") -> str:
     return f'<span class="badge {"drift" if drifting else "ok"}">{yes if drifting else no}</span>'
+
+
+def verdict_badge(column: Mapping[str, Any]) -> str:
+    """drift / no drift, or too few rows to call (reports from before the verdict: drift or not)."""
+    if column.get("verdict") == "too few rows to call":
+        return '<span class="badge undecided">too few rows to call</span>'
+    return badge(column["drift"])
+
+
+def interval(t: Mapping[str, Any]) -> str:
+    lower, upper = t.get("effect_lower"), t.get("effect_upper")
+    if lower is None and upper is None:
+        return "–"
+    return f"{fmt(lower)} – {fmt(upper) if upper is not None else '?'}"
 
 
 def plot(column: Mapping[str, Any]) -> str:
@@ -78,12 +93,13 @@ def tests_table(tests: Sequence[Mapping[str, Any]]) -> str:
         f"<tr><td>{fmt(t['test'])}</td><td class=num>{fmt(t['statistic'])}</td>"
         f"<td class=num>{fmt(t['p_value'], '.3g')}</td>"
         f"<td class=num>{fmt(t['p_adjusted'], '.3g')}</td><td>{fmt(t['effect'])}</td>"
-        f"<td class=num>{fmt(t['effect_value'])}</td><td class=num>{fmt(t['threshold'])}</td>"
+        f"<td class=num>{fmt(t['effect_value'])}</td><td class=num>{interval(t)}</td>"
+        f"<td class=num>{fmt(t['threshold'])}</td>"
         f"<td>{badge(t['exceeded'], 'over', 'under') if t['threshold'] is not None else '–'}</td></tr>"
         for t in tests
     )
     return ("<table><tr><th>test</th><th>statistic</th><th>p</th><th>p adjusted</th><th>effect size</th>"
-            f"<th>value</th><th>threshold</th><th></th></tr>{rows}</table>")
+            f"<th>value</th><th>interval</th><th>threshold</th><th></th></tr>{rows}</table>")
 
 
 def groups_section(groups: Mapping[str, Any] | None) -> str:
@@ -101,7 +117,7 @@ def column_section(column: Mapping[str, Any]) -> str:
     notes = "".join(f'<p class="note">{escape(n)}</p>' for n in column["notes"])
     return (
         f'<section class="column" id="column-{name}"><h2>{name} <small>({column["role"]}, {column["kind"]})</small> '
-        f'{badge(column["drift"])}</h2>{notes}'
+        f'{verdict_badge(column)}</h2>{notes}'
         f'<figure class="plot" data-column="{name}">{plot(column)}'
         f"<figcaption>Share of values per reference bin: training reference vs live "
         f"({column['n']} values; compared on {escape(column['comparison'])}).</figcaption></figure>"
@@ -117,10 +133,27 @@ def summary(columns: Sequence[Mapping[str, Any]]) -> str:
         rows.append(
             f'<tr><td><a href="#column-{escape(c["name"])}">{escape(c["name"])}</a></td><td>{c["role"]}</td>'
             f'<td>{c["kind"]}</td><td class=num>{c["n"]}</td><td class=num>{fmt(psi)}</td>'
-            f'<td>{escape(", ".join(over)) or "–"}</td><td>{badge(c["drift"])}</td></tr>'
+            f'<td>{escape(", ".join(over)) or "–"}</td><td>{verdict_badge(c)}</td></tr>'
         )
     return ("<table><tr><th>column</th><th>role</th><th>kind</th><th>live values</th><th>PSI</th>"
             f"<th>effects over threshold</th><th></th></tr>{''.join(rows)}</table>")
+
+
+def sampling(report: Mapping[str, Any]) -> str:
+    """What the raw-value tests were run on, and what the source could not give."""
+    parts = []
+    sample = report.get("sample")
+    if sample:
+        parts.append(f"Raw-value tests (Kolmogorov-Smirnov, Wasserstein, Kruskal-Wallis) on a uniform sample of "
+                     f"{sample['rows']} of {sample['of_rows']} rows (at most {sample['size']}, seed {sample['seed']}); "
+                     "bin counts over every row.")
+    segments = report.get("segments")
+    if segments and segments.get("lumped_rows"):
+        parts.append(f"Segments past the first {segments['max']}: {segments['lumped_rows']} rows counted together "
+                     f"as {escape(segments['other'])}.")
+    for note in report.get("notes", []):
+        parts.append(escape(note))
+    return f'<p class="note">{" ".join(parts)}</p>' if parts else ""
 
 
 def render(report: Mapping[str, Any]) -> str:
@@ -136,7 +169,7 @@ def render(report: Mapping[str, Any]) -> str:
         f"<h1>{title}</h1>"
         f"<p>Reference version {escape(ref['version'])} (hash {escape(ref['hash'])}, {ref['rows']} training rows). "
         f"{events['read']} prediction events (versions {versions}; {events['failed_left_out']} failed predictions "
-        f"left out); generated {escape(report['generated_at'])}.</p>"
+        f"left out); generated {escape(report['generated_at'])}.</p>{sampling(report)}"
         f"<p><strong>{len(drifting)} of {len(report['columns'])} columns drift"
         f"{': ' + escape(', '.join(drifting)) if drifting else ''}.</strong></p>"
         f"<p>Rule: {escape(method['rule'])}. Thresholds: {thresholds}. Shares floored at {method['share_floor']:g} "

@@ -275,9 +275,10 @@ def compare_distributions(training: Training, events: Sequence[Mapping[str, Any]
         serving = [v for v in columns.get(name, []) if v is not REDACTED]
         results.append(_distribution(name, name in training.numeric, training.columns[name], serving))
     drift.adjust([t for _, tests in results for t in tests])
+    drift.bound([t for _, tests in results for t in tests])
     out = []
     for entry, tests in results:
-        entry.update(tests=[t.to_dict() for t in tests], skewed=drift.drifts(tests))
+        entry.update(tests=[t.to_dict() for t in tests], skewed=drift.drifts(tests), verdict=drift.verdict(tests))
         out.append(entry)
     return {
         "mode": "distributions",
@@ -285,6 +286,7 @@ def compare_distributions(training: Training, events: Sequence[Mapping[str, Any]
         "method": {"correction": drift.CORRECTION, "alpha": drift.ALPHA, "thresholds": dict(drift.THRESHOLDS)},
         "features": out,
         "skewed": [e["feature"] for e in out if e["skewed"]],
+        "too_few_to_call": [e["feature"] for e in out if e["verdict"] == drift.TOO_FEW],
     }
 
 
@@ -325,7 +327,8 @@ def table(report: Mapping[str, Any]) -> str:
             for t in tests:
                 effect = f"{t['effect']}={t['effect_value']:.3g}" if t and t["effect_value"] is not None else "-"
                 p = f"{t['p_adjusted']:.3g}" if t and t["p_adjusted"] is not None else "-"
-                verdict = "DIFFERS" if f["skewed"] else ("not tested" if t is None else "ok")
+                verdict = ("DIFFERS" if f["skewed"] else "not tested" if t is None
+                           else "too few rows to call" if f.get("verdict") == drift.TOO_FEW else "ok")
                 lines.append(f"{f['feature'][:24]:24} {f['kind']:11} {f['training_n']:>8} {f['serving_n']:>8} "
                              f"{(t['test'] if t else '-'):24} {effect:>16} {p:>9}  {verdict}")
         return "\n".join(lines)
