@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
 # A local Elasticsearch for tests, CI and benchmarks: the integ-test-zip distribution
-# (no bundled JDK, runs on the machine's Java 17+), fetched with Maven, run as an
-# unprivileged user on loopback only.
+# (no bundled JDK: 8.x runs on Java 17+, 9.x on Java 21+), fetched with Maven, run as an
+# unprivileged user on loopback only. Two lines: the current one (elk/VERSION, 9.x, what
+# docker-compose.yml pins and the tests and the demo run by default) and the previous one
+# (elk/VERSION-8, 8.19), on which the setup and shipper tests run too.
 #
-#   scripts/elasticsearch.sh install            fetch and unpack (idempotent), create the user
+#   scripts/elasticsearch.sh install            fetch and unpack both lines (idempotent: the zips
+#                                               stay in ~/.m2 and the cache), create the user
 #   scripts/elasticsearch.sh start DIR [PORT]   start a node keeping config/data/logs in DIR,
 #                                               wait until it is healthy, print its URL
 #   scripts/elasticsearch.sh stop DIR           stop the node of DIR (its data stays)
 #   scripts/elasticsearch.sh home               print the unpacked distribution's path
 #
-# Environment: ES_VERSION (default: elk/VERSION), ES_CACHE_DIR (default: .cache/elasticsearch
+# Environment: ES_LINE (9, the default: elk/VERSION; 8: elk/VERSION-8), ES_VERSION (an exact
+# version instead; install then fetches only it), ES_CACHE_DIR (default: .cache/elasticsearch
 # in the repository), ES_USER (default: modelmon-es, used when run as root), ES_HEAP (512m),
-# ES_START_TIMEOUT (seconds, 180), ES_JAVA_HOME (default: the JDK of `java` on PATH).
+# ES_START_TIMEOUT (seconds, 180), ES_JAVA_HOME (default: the JDK of `java` on PATH if it is
+# new enough for the version, else the newest JDK under /usr/lib/jvm that is, such as the
+# machine's Temurin 25 for 9.x).
 # When run as root from a checkout that user cannot read (a parent directory closed to
 # others), the distribution is also copied to /var/cache/modelmon.
 #
@@ -20,7 +26,14 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VERSION="${ES_VERSION:-$(tr -d '[:space:]' <"$ROOT/elk/VERSION")}"
+line_version() {  # the exact version of line 9 (elk/VERSION) or 8 (elk/VERSION-8)
+  case "$1" in
+    9) tr -d '[:space:]' <"$ROOT/elk/VERSION" ;;
+    8) tr -d '[:space:]' <"$ROOT/elk/VERSION-8" ;;
+    *) echo "elasticsearch.sh: ES_LINE must be 9 or 8, not '$1'" >&2; return 1 ;;
+  esac
+}
+VERSION="${ES_VERSION:-$(line_version "${ES_LINE:-9}")}"
 CACHE="${ES_CACHE_DIR:-$ROOT/.cache/elasticsearch}"
 ES_USER="${ES_USER:-modelmon-es}"
 HEAP="${ES_HEAP:-512m}"
@@ -35,15 +48,31 @@ as_es() {  # run a command as the unprivileged user (Elasticsearch refuses root)
   if [ "$(id -u)" -eq 0 ]; then runuser -u "$ES_USER" -- "$@"; else "$@"; fi
 }
 
-java_home() {
-  if [ -n "${ES_JAVA_HOME:-}" ]; then echo "$ES_JAVA_HOME"; return; fi
-  local java
-  java="$(command -v java)" || return 1
-  dirname "$(dirname "$(readlink -f "$java")")"
-}
-
 java_major() {  # "17" from `java -version` of the given JDK
   "$1/bin/java" -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n1
+}
+
+java_needed() {  # the oldest Java that Elasticsearch $VERSION runs on
+  if [ "${VERSION%%.*}" -ge 9 ]; then echo 21; else echo 17; fi
+}
+
+java_home() {  # ES_JAVA_HOME, else `java` on PATH if new enough, else the newest JDK in /usr/lib/jvm that is
+  if [ -n "${ES_JAVA_HOME:-}" ]; then echo "$ES_JAVA_HOME"; return; fi
+  local need java home best="" best_major=0 major
+  need="$(java_needed)"
+  if java="$(command -v java)"; then
+    home="$(dirname "$(dirname "$(readlink -f "$java")")")"
+    major="$(java_major "$home")"
+    if [ "${major:-0}" -ge "$need" ]; then echo "$home"; return; fi
+  fi
+  for home in /usr/lib/jvm/*/; do
+    home="${home%/}"
+    [ -x "$home/bin/java" ] && [ ! -L "$home" ] || continue
+    major="$(java_major "$home")"
+    if [ "${major:-0}" -ge "$need" ] && [ "${major:-0}" -gt "$best_major" ]; then best="$home"; best_major="$major"; fi
+  done
+  [ -n "$best" ] || return 1
+  echo "$best"
 }
 
 apt_install() {
@@ -54,6 +83,14 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
+install_all() {  # both lines, or only ES_VERSION when it is set
+  if [ -n "${ES_VERSION:-}" ]; then install; return; fi
+  local line
+  for line in 9 8; do
+    ES_VERSION="$(line_version "$line")" "$0" install
+  done
+}
+
 install() {
   local need=()
   command -v java >/dev/null || [ -n "${ES_JAVA_HOME:-}" ] || need+=(openjdk-17-jre-headless)
@@ -62,9 +99,9 @@ install() {
   command -v curl >/dev/null || need+=(curl)
   [ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
   local jdk major
-  jdk="$(java_home)" || die "no java found"
+  jdk="$(java_home)" || die "Elasticsearch $VERSION needs Java $(java_needed) or newer, and none was found (java on PATH, /usr/lib/jvm/*): install one or set ES_JAVA_HOME"
   major="$(java_major "$jdk")"
-  [ "${major:-0}" -ge 17 ] || die "Elasticsearch $VERSION needs Java 17 or newer; $jdk is Java ${major:-unknown}"
+  [ "${major:-0}" -ge "$(java_needed)" ] || die "Elasticsearch $VERSION needs Java $(java_needed) or newer; $jdk is Java ${major:-unknown}"
 
   if [ ! -x "$HOME_DIR/bin/elasticsearch" ]; then
     mkdir -p "$CACHE"
@@ -119,7 +156,7 @@ start() {
   home="$(es_home)" \
     || die "Elasticsearch $VERSION is not installed in $CACHE: run 'make deps' (or scripts/elasticsearch.sh install)"
   local jdk
-  jdk="$(java_home)" || die "no java found: run 'make deps'"
+  jdk="$(java_home)" || die "no Java $(java_needed)+ found for Elasticsearch $VERSION: run 'make deps', or set ES_JAVA_HOME"
   running "$dir" && die "a node is already running in $dir (pid $(cat "$dir/es.pid"))"
   if [ -z "$port" ]; then
     if [ -s "$dir/port" ]; then port="$(cat "$dir/port")"; else port="$(free_port)"; fi
@@ -171,7 +208,7 @@ stop() {
 }
 
 case "${1:-}" in
-  install) install ;;
+  install) install_all ;;
   start) shift; start "$@" ;;
   stop) shift; stop "$@" ;;
   home) es_home || die "Elasticsearch $VERSION is not installed: run 'make deps'" ;;

@@ -5,6 +5,10 @@ unprivileged user when the tests run as root). Use the fixtures ``elastic`` (the
 ``url``, ``stop()``, ``start()``) and ``es`` (a client with the templates installed): import
 them into a test module or conftest.py; the node is shared however many modules do.
 Each test ships into its own namespace, so data streams never collide.
+
+The node is of the current line, Elasticsearch 9.x (elk/VERSION, on Java 21+) unless
+``MODELMON_TEST_ES=8`` picks the previous line, 8.19 (elk/VERSION-8, on Java 17+): `make
+test` runs the setup and shipper tests on that line too, with the Python client 8.
 """
 from __future__ import annotations
 
@@ -24,6 +28,10 @@ from modelmon.events import EventLog
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "elasticsearch.sh"
+LINE = os.environ.get("MODELMON_TEST_ES", "9")  # the Elasticsearch line: 9 (current) or 8
+if LINE not in ("8", "9"):
+    raise RuntimeError(f"MODELMON_TEST_ES must be 8 or 9, not {LINE!r}")
+os.environ["ES_LINE"] = LINE  # read by scripts/elasticsearch.sh, here and in the native stack
 INSTALL_HINT = "run `make deps` (or scripts/elasticsearch.sh install) to install Java and Elasticsearch"
 
 
@@ -64,7 +72,7 @@ def node() -> ElasticNode:
             pytest.fail(f"no Java found: {INSTALL_HINT}")
         home = subprocess.run([str(SCRIPT), "home"], capture_output=True, text=True, check=False)
         if home.returncode != 0:
-            pytest.fail(f"Elasticsearch is not installed: {INSTALL_HINT}")
+            pytest.fail(f"Elasticsearch (line {LINE}) is not installed: {INSTALL_HINT}\n{home.stderr}")
         started = ElasticNode()
         try:
             started.start()
