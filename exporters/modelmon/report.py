@@ -180,7 +180,7 @@ class Live:
             return
         columns: dict[str, list[Any]] = {}
         for mappings, names in ((self._inputs, self.reference.features), (self._outputs, self.reference.outputs)):
-            logged = [m if isinstance(m, Mapping) else {} for m in mappings]
+            logged = [m if type(m) is dict or isinstance(m, Mapping) else {} for m in mappings]
             for name in names:
                 columns[name] = [m.get(name) for m in logged]
         groups = [None if g is None else str(g) for g in self._groups]
@@ -217,7 +217,14 @@ class Live:
         for name, values in columns.items():
             profile = self.profiles[name]
             values = list(values)
-            if logged and (profile.kind != "numeric" or any(type(v) is str for v in values)):
+            if profile.kind == "numeric" and logged:
+                x = np.array(values) if values else np.empty(0)
+                if x.dtype.kind in "fi" and x.ndim == 1:  # numbers only, the common case: no string to decode
+                    self._fold_numeric(name, profile, x.astype(np.float64, copy=False), x, codes, matrix)
+                    continue
+            if profile.kind == "categorical" and self._fold_categorical(name, profile, values, codes, present, logged):
+                continue
+            if logged:
                 values = [logged_value(v) if type(v) is str else v for v in values]
             keep = None
             redacted = sum(v is REDACTED for v in values) if profile.kind != "numeric" or logged else 0
@@ -231,14 +238,7 @@ class Live:
                     full = np.full(m, np.nan)
                     full[keep] = as_float
                     as_float = full
-                self.counts[name] += _count(profile, self._bins[name], binned)
-                matrix[:, self._numeric_index[name]] = as_float
-                finite_codes = codes[~np.isnan(as_float) & (codes >= 0)]
-                tally = self.group_finite.setdefault(name, [])
-                per = np.bincount(finite_codes, minlength=len(self.segments)).tolist()
-                tally.extend([0] * (len(per) - len(tally)))
-                for g, n in enumerate(per):
-                    tally[g] += n
+                self._fold_numeric(name, profile, as_float, binned, codes, matrix)
                 continue
             column = np.asarray(values, dtype=object)
             counts = _count(profile, self._bins[name], column)
@@ -255,6 +255,45 @@ class Live:
                 for g in present:
                     per_group[g] += _count(profile, self._bins[name], column[kept_codes == g])
         self._sample(matrix, codes)
+
+    def _fold_numeric(self, name: str, profile: ColumnProfile, as_float: np.ndarray, binned: Any,
+                      codes: np.ndarray, matrix: np.ndarray) -> None:
+        self.counts[name] += _count(profile, self._bins[name], binned)
+        as_float = np.where(np.isfinite(as_float), as_float, np.nan)
+        matrix[:, self._numeric_index[name]] = as_float
+        finite_codes = codes[~np.isnan(as_float) & (codes >= 0)]
+        tally = self.group_finite.setdefault(name, [])
+        per = np.bincount(finite_codes, minlength=len(self.segments)).tolist()
+        tally.extend([0] * (len(per) - len(tally)))
+        for g, n in enumerate(per):
+            tally[g] += n
+
+    def _fold_categorical(self, name: str, profile: ColumnProfile, values: list[Any], codes: np.ndarray,
+                          present: list[int], logged: bool) -> bool:
+        """Count a categorical chunk by its distinct (segment, value) pairs, each decoded and
+        binned once; False (nothing counted) if a value is unhashable."""
+        zipped = len(present) > 1 or bool((codes < 0).any())
+        try:
+            tally = Counter(zip(codes.tolist(), values)) if zipped else Counter(values)
+        except TypeError:
+            return False
+        bins, counts = self._bins[name], self.counts[name]
+        per_group = self.group_counts.setdefault(name, [])
+        while len(per_group) < len(self.segments):
+            per_group.append(np.zeros(len(profile.bin_labels), np.int64))
+        single = present[0] if present else -1
+        for key, n in tally.items():
+            group, value = key if zipped else (single, key)
+            if logged and type(value) is str:
+                value = logged_value(value)
+            if value is REDACTED:
+                self.redacted[name] += n
+                continue
+            slot = bins.slot(value) - bins.offset
+            counts[slot] += n
+            if group >= 0:
+                per_group[group][slot] += n
+        return True
 
     def _sample(self, matrix: np.ndarray, codes: np.ndarray) -> None:
         """Algorithm R over the chunk: row i (0-based over the window) is kept with
