@@ -28,4 +28,5 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 scripts/install-prometheus3.sh
+scripts/install-k8s-tools.sh  # kustomize, kubeconform, the Prometheus Operator's CRDs: tests/test_kubernetes.py
 scripts/elasticsearch.sh install
