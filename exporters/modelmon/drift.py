@@ -315,12 +315,12 @@ def independence(table: np.ndarray) -> TestResult:
     correction); effect size Cramér's V."""
     from scipy import stats
 
-    table = np.asarray(table, dtype=np.int64)
-    table = table[:, table.sum(axis=0) > 0]
+    table = np.asarray(table)
+    table = table[:, table.sum(axis=0) > 0]  # counts, or increases read from Prometheus (not integers)
     chi2, p, _, _ = stats.chi2_contingency(table, correction=False)
-    v = stats.contingency.association(table, method="cramer", correction=False)
     r, c = table.shape
     n, m = float(table.sum()), min(r - 1, c - 1)
+    v = math.sqrt(chi2 / (n * m))  # scipy's association(method="cramer"), which takes integer counts only
     return TestResult("chi_square_independence", float(chi2), float(p), "cramers_v", float(v),
                       bounds=_chi_bounds(float(chi2), (r - 1) * (c - 1), 1 / (n * m), root=True))
 

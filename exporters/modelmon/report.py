@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from . import drift
-from .bins import CategoricalBins, NumericBins, TextBins
+from .bins import ABOVE, BELOW, INVALID, MISSING, UNSEEN, CategoricalBins, NumericBins, TextBins
 from .event_source import (
     REDACTED,
     EventStats,
@@ -146,6 +146,7 @@ class Live:
         self._outputs: list[Any] = []
         self._groups: list[Any] = []
         self._default_group = group_field == VERSION_FIELD
+        self.raw_values = True  # False: bin counts only (a Prometheus source)
 
     # events ---------------------------------------------------------------------------
     def add(self, event: Mapping[str, Any]) -> None:
@@ -345,7 +346,7 @@ def live_data(events: Iterable[Mapping[str, Any]], reference: Reference, group_f
 def _group_test(profile: ColumnProfile, name: str, live: Live) -> tuple[drift.TestResult | None, dict[str, int]]:
     """The test across groups (versions or segments) with enough values, and every group's size."""
     order = sorted(range(len(live.segments)), key=lambda g: live.segments[g])
-    if profile.kind == "numeric":
+    if profile.kind == "numeric" and live.raw_values:
         finite_counts = live.group_finite.get(name, [])
         sizes = {live.segments[g]: (finite_counts[g] if g < len(finite_counts) else 0) for g in order}
         samples = {live.segments[g]: live.sample_values(name, g) for g in order}
@@ -365,6 +366,24 @@ def _group_test(profile: ColumnProfile, name: str, live: Live) -> tuple[drift.Te
     if (table.sum(axis=0) > 0).sum() < 2:
         return None, sizes
     return drift.independence(table), sizes
+
+
+SPECIAL_SHARES = (("missing", (MISSING,)), ("unseen", (UNSEEN,)), ("out_of_range", (BELOW, ABOVE)),
+                  ("invalid", (INVALID,)))
+
+
+def special_shares(profile: ColumnProfile, counts: Sequence[float], n: float) -> dict[str, dict[str, float]]:
+    """Live and reference shares of the special bins, and the excess, as the recording rules'
+    missing / unseen / out_of_range share and excess."""
+    labels = profile.bin_labels
+    out = {}
+    for key, bins in SPECIAL_SHARES:
+        present = [labels.index(b) for b in bins if b in labels]
+        if present:
+            live_share = sum(counts[i] for i in present) / n if n else 0.0
+            reference_share = sum(profile.shares[labels[i]] for i in present)
+            out[key] = {"live": live_share, "reference": reference_share, "excess": live_share - reference_share}
+    return out
 
 
 def analyse_column(name: str, role: str, profile: ColumnProfile, reference_rows: int, live: Live,
@@ -389,7 +408,9 @@ def analyse_column(name: str, role: str, profile: ColumnProfile, reference_rows:
     shares = [profile.shares[label] for label in labels]
     raw = False
     if profile.kind == "numeric":
-        if training is None:
+        if not live.raw_values:
+            reason = "bin counts only (Prometheus), raw-value tests not run"
+        elif training is None:
             reason = "no raw training values (--training)"
         elif training.dtype.kind != "f":
             reason = "the training column is not numeric"
@@ -414,6 +435,7 @@ def analyse_column(name: str, role: str, profile: ColumnProfile, reference_rows:
     elif profile.kind == "text":
         column["notes"].append("text: compared on the reference's token-count bins")
     tests += drift.binned_tests(counts, shares, reference_rows, chi_square=not raw)
+    column["special_shares"] = special_shares(profile, counts, n)
     group_test, sizes = _group_test(profile, name, live)
     column["tests"] = tests
     column["groups"] = {"sizes": sizes, "test": group_test}
@@ -506,6 +528,10 @@ def run(args: argparse.Namespace) -> int:
         reference = Reference.load(args.reference)
     except ReferenceFileError as exc:
         raise ValueError(str(exc)) from None
+    if bool(args.events) == bool(args.prometheus):
+        raise ValueError("give --events (event files or Elasticsearch) or --prometheus (bin counts), one of them")
+    if args.prometheus:
+        return run_prometheus(args, reference)
     training = read_csv(Path(args.training)) if args.training else None
     stats = EventStats()
     events = read_events(args.events, since=parse_since(args.since), stats=stats, index=args.es_index)
@@ -531,6 +557,35 @@ def run(args: argparse.Namespace) -> int:
     drifting = report["drifting"]
     print(f"wrote {json_path} and {html_path}: {len(report['columns'])} columns, {live.events} events, "
           f"{len(drifting)} drifting{': ' + ', '.join(drifting) if drifting else ''}")
+    return 1 if drifting and args.fail_on_drift else 0
+
+
+def run_prometheus(args: argparse.Namespace, reference: Reference) -> int:
+    """The binned tests from the exported bin counters over the window, fleet-wide."""
+    from .prometheus_source import fill, read_counts
+
+    counts = read_counts(args.prometheus, reference, args.since, args.until)
+    live = Live(reference, VERSION_FIELD, sample_size=0, max_segments=args.max_segments)
+    notes = fill(live, counts)
+    if live.events == 0:
+        raise ValueError(f"{args.prometheus}: no bin counts of model {reference.model!r} over {args.since} "
+                         f"to {counts.end.isoformat(timespec='seconds')}")
+    report = analyse(reference, live)
+    del report["sample"]
+    report["events"].update(source=args.prometheus, since=args.since, kind="prometheus",
+                            start=counts.start.isoformat(timespec="seconds"),
+                            end=counts.end.isoformat(timespec="seconds"), window_seconds=counts.window_seconds,
+                            queries=counts.queries,
+                            counts="increase() over the window, extrapolated towards its edges as in the recording "
+                                   "rules: n can exceed the rows counted by up to a scrape interval's worth at each "
+                                   "end (noticeable only when the counters are young)")
+    report["notes"] = notes + ["bin counts from Prometheus: PSI, chi-square, binned Kolmogorov-Smirnov, "
+                               "Jensen-Shannon and the special bins' shares; the raw-value tests (Kolmogorov-Smirnov "
+                               "and Wasserstein on values, Kruskal-Wallis) not run: they need --events"]
+    json_path, html_path = write(report, args.output)
+    drifting = report["drifting"]
+    print(f"wrote {json_path} and {html_path}: {len(report['columns'])} columns, {live.events} rows over "
+          f"{counts.window_seconds}s, {len(drifting)} drifting{': ' + ', '.join(drifting) if drifting else ''}")
     return 1 if drifting and args.fail_on_drift else 0
 
 
@@ -567,7 +622,11 @@ def add_parser(commands: Any) -> None:
     p = commands.add_parser("report", help="drift report (JSON and HTML) of logged predictions against the reference",
                             description=__doc__.split("\n\n")[0])
     p.add_argument("--reference", required=True, help="reference profile YAML")
-    p.add_argument("--events", required=True, help="event file, directory of event files, or Elasticsearch URL")
+    p.add_argument("--events", help="event file, directory of event files, or Elasticsearch URL")
+    p.add_argument("--prometheus", metavar="URL",
+                   help="Prometheus (or Thanos, Mimir) URL: the binned tests from the bin counters over --since, "
+                        "fleet-wide; bearer token from $PROMETHEUS_TOKEN")
+    p.add_argument("--until", help="with --prometheus: the window's end, a Unix or ISO 8601 time (default now)")
     p.add_argument("--training", help="training CSV: raw values for Kolmogorov-Smirnov and Wasserstein")
     p.add_argument("--segment", help=f"event field to compare groups by (default: {VERSION_FIELD}); "
                                      "e.g. labels.region or an input feature")

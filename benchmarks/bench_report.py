@@ -1,0 +1,197 @@
+"""``modelmon report`` at 100,000, 1 million and 5 million events: events/s and peak memory.
+
+The events are written to event files as the monitor writes them (20 features, 15
+numeric and 5 categorical, and a ``price`` output; about 1.2 KB a line), drawn from the
+training distributions with the numeric inputs shifted by 0.2 standard deviations. Each
+size runs ``modelmon report --training`` in a fresh subprocess; its peak RSS is that
+process's own (``ru_maxrss`` from ``wait4``, the VmHWM of /proc at its exit). The
+event files are made once, 100,000 events a file, in ``--workdir`` (default a
+temporary directory, removed at the end): 5 million events take about 6 GB, so a size
+whose files would leave less than 2 GB free is skipped and said so.
+
+Also measured in-process: parsing event lines with orjson against the standard json
+module, and the whole report at the first size with orjson disabled.
+
+Targets (issue 17): peak RSS at most 400 MB at 1 and 5 million events; at least
+60,000 events/s from event files.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import CATEGORIES, N_CATEGORICAL, N_NUMERIC, ROOT, table, target, training_data, write_result
+
+PER_FILE = 100_000
+SHIFT = 0.2  # standard deviations
+RSS_TARGET_MB, RATE_TARGET = 400, 60_000
+RUNNER = """
+import sys, time
+from modelmon import event_source
+from modelmon.cli import main
+if sys.argv[1] == "stdlib":
+    event_source._fast_loads = None
+start = time.perf_counter()
+code = main(sys.argv[2:])
+print("SECONDS", time.perf_counter() - start, file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def write_events(path: Path, start: int, n: int, seed: int) -> None:
+    """n event lines in the monitor's shape (keys and order of EventLog's lines)."""
+    rng = np.random.default_rng(seed)
+    numeric = [rng.normal(i + SHIFT * (1 + i / 10), 1 + i / 10, n).tolist() for i in range(N_NUMERIC)]
+    categorical = [rng.choice(CATEGORIES, n).tolist() for _ in range(N_CATEGORICAL)]
+    price = rng.lognormal(12, 0.4, n).tolist()
+    head = ('{"message": "prediction", "log.level": "info", "ecs.version": "8.11.0", "service.name": "bench", '
+            '"service.version": "1", "event.kind": "event", "event.dataset": "modelmon.predictions", "event.id": "')
+    middle = ('", "event.outcome": "success", "modelmon.model": "bench", "modelmon.version": "1", '
+              '"modelmon.reference": "bbfcc8c44552", "modelmon.inputs": {')
+    tail = ('"modelmon.anomalous": false, "modelmon.flags.nonfinite_prediction": false, "modelmon.flags.missing": [], '
+            '"modelmon.flags.invalid": [], "modelmon.flags.unseen": [], "modelmon.flags.out_of_range": [], ')
+    with open(path, "w", encoding="utf-8") as out:
+        lines = []
+        for r in range(n):
+            inputs = ", ".join([f'"num{i}": {numeric[i][r]!r}' for i in range(N_NUMERIC)]
+                               + [f'"cat{i}": "{categorical[i][r]}"' for i in range(N_CATEGORICAL)])
+            lines.append(f'{head}{start + r:032x}{middle}{inputs}}}, "modelmon.outputs": {{"price": {price[r]!r}}}, '
+                         f'{tail}"modelmon.prediction.value": {price[r]!r}, "@timestamp": "2026-12-01T10:00:00.000000+00:00"}}\n')
+            if len(lines) == 10_000:
+                out.writelines(lines)
+                lines = []
+        out.writelines(lines)
+
+
+def prepare(workdir: Path) -> tuple[Path, Path]:
+    from modelmon import Reference
+
+    frame = training_data()
+    reference = Reference.from_data(
+        {c: (frame[c].to_numpy() if frame[c].dtype.kind == "f" else frame[c].to_numpy().astype(object)) for c in frame},
+        model="bench", version="1", prediction="price", categorical=[f"cat{i}" for i in range(N_CATEGORICAL)])
+    reference.save(workdir / "reference.yaml")
+    frame.to_csv(workdir / "train.csv", index=False)
+    return workdir / "reference.yaml", workdir / "train.csv"
+
+
+def events_dir(workdir: Path, n: int) -> Path:
+    """A directory of the first n events (symlinks to the shared files, made as needed)."""
+    files = workdir / "files"
+    files.mkdir(exist_ok=True)
+    target_dir = workdir / f"events-{n}"
+    target_dir.mkdir(exist_ok=True)
+    for k in range(n // PER_FILE):
+        path = files / f"predictions-{k:03d}.jsonl"
+        if not path.exists():
+            write_events(path.with_suffix(".tmp"), k * PER_FILE, PER_FILE, seed=k)
+            path.with_suffix(".tmp").rename(path)
+        link = target_dir / path.name
+        if not link.exists():
+            link.symlink_to(path)
+    return target_dir
+
+
+def run_report(reference: Path, training: Path, events: Path, out: Path, parser: str = "orjson") -> dict:
+    argv = [sys.executable, "-c", RUNNER, parser, "report", "--reference", str(reference), "--training",
+            str(training), "--events", str(events), "-o", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "exporters")}
+    started = time.perf_counter()
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - started
+    stdout, stderr = process.stdout.read().decode(), process.stderr.read().decode()
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode not in (0, 1):
+        raise RuntimeError(f"report failed ({process.returncode}): {stderr[-2000:]}")
+    seconds = float(stderr.split("SECONDS")[-1].split()[0])
+    report = json.loads(out.with_suffix(".json").read_text())
+    return {"wall_s": wall, "report_s": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, "summary": stdout.strip(),
+            "events": report["events"]["read"], "drifting": report["drifting"],
+            "too_few_to_call": report["too_few_to_call"], "sample": report["sample"]}
+
+
+def parse_rates(path: Path, lines: int = 50_000) -> dict[str, float]:
+    from modelmon import event_source
+
+    with open(path, "rb") as handle:
+        data = [next(handle) for _ in range(lines)]
+    rates = {}
+    import orjson
+
+    for name, loads in (("json", json.loads), ("orjson", orjson.loads), ("parse_line", event_source.parse_line)):
+        start = time.perf_counter()
+        for line in data:
+            loads(line)
+        rates[name] = lines / (time.perf_counter() - start)
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, help="write the JSON result here")
+    parser.add_argument("--quick", action="store_true", help="100,000 events only")
+    parser.add_argument("--sizes", default="100000,1000000,5000000")
+    parser.add_argument("--workdir", type=Path, help="keep the event files here (default: a temporary directory)")
+    args = parser.parse_args()
+    sizes = [100_000] if args.quick else [int(s) for s in args.sizes.split(",")]
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="modelmon-bench-report-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        reference, training = prepare(workdir)
+        results, skipped = {}, []
+        for n in sizes:
+            have = len(list((workdir / "files").glob("*.jsonl"))) if (workdir / "files").exists() else 0
+            need_bytes = max(n // PER_FILE - have, 0) * PER_FILE * 1250
+            if shutil.disk_usage(workdir).free - need_bytes < 2 * 1024 ** 3:
+                skipped.append(n)
+                print(f"{n:,} events: skipped, {need_bytes / 1e9:.1f} GB of event files would leave under 2 GB free")
+                continue
+            started = time.perf_counter()
+            events = events_dir(workdir, n)
+            print(f"{n:,} events: files ready in {time.perf_counter() - started:.0f}s", flush=True)
+            results[n] = run_report(reference, training, events, workdir / f"report-{n}")
+            r = results[n]
+            print(f"{n:,} events: {r['report_s']:.1f}s, {n / r['report_s']:,.0f} events/s, peak RSS "
+                  f"{r['peak_rss_mb']:.0f} MB; drifting {len(r['drifting'])}", flush=True)
+        first = sizes[0]
+        stdlib = run_report(reference, training, events_dir(workdir, first), workdir / "report-stdlib", "stdlib")
+        rates = parse_rates(workdir / "files" / "predictions-000.jsonl")
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    rows = [[f"{n:,}", f"{r['report_s']:.1f}", f"{n / r['report_s']:,.0f}", f"{r['peak_rss_mb']:.0f}",
+             f"{r['sample']['rows']:,}", len(r["drifting"])] for n, r in results.items()]
+    rows.append([f"{first:,} (json, no orjson)", f"{stdlib['report_s']:.1f}", f"{first / stdlib['report_s']:,.0f}",
+                 f"{stdlib['peak_rss_mb']:.0f}", f"{stdlib['sample']['rows']:,}", len(stdlib["drifting"])])
+    markdown = (table(["events", "seconds", "events/s", "peak RSS MB", "sample rows", "drifting"], rows)
+                + f"\n\nParsing one event line: json {rates['json']:,.0f}/s, orjson {rates['orjson']:,.0f}/s."
+                + (f" Skipped for disk space: {', '.join(f'{n:,}' for n in skipped)}." if skipped else ""))
+    targets = []
+    for n in (1_000_000, 5_000_000):
+        if n in results:
+            rss = results[n]["peak_rss_mb"]
+            targets.append(target(f"peak RSS at {n:,} events <= {RSS_TARGET_MB} MB", f"{rss:.0f} MB",
+                                  rss <= RSS_TARGET_MB))
+        elif n in sizes:
+            targets.append(target(f"peak RSS at {n:,} events <= {RSS_TARGET_MB} MB", "not run (disk)", None))
+    largest = max(results)
+    rate = largest / results[largest]["report_s"]
+    targets.append(target(f"events/s from event files >= {RATE_TARGET:,}", f"{rate:,.0f} at {largest:,}",
+                          rate >= RATE_TARGET if largest >= 1_000_000 else None))
+    data = {"results": {str(n): r for n, r in results.items()}, "stdlib_json": stdlib, "parse_rates": rates,
+            "skipped": skipped}
+    write_result(args, "modelmon report: events/s and peak memory", markdown, targets, data)
+
+
+if __name__ == "__main__":
+    main()
