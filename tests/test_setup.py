@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 import threading
+import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -13,7 +15,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 from conftest import free_port
-from elastic import ROOT, elastic, es  # noqa: F401 (fixtures)
+from elastic import LINE, ROOT, elastic, es  # noqa: F401 (fixtures)
 
 from modelmon import elk_setup
 from modelmon.cli import main
@@ -56,6 +58,28 @@ def test_site_changes_in_the_custom_component_survive_setup(elastic, es, capsys)
         assert simulated["mappings"]["properties"]["modelmon"]["properties"]["inputs"]["index"] is False
     finally:
         es.cluster.delete_component_template(name="modelmon-predictions@custom")
+
+
+def test_the_venv_client_works_with_its_own_line_and_names_the_fix_for_an_older_server(elastic):
+    """`modelmon setup` with the client installed in the venv (9), without the PYTHONPATH that
+    puts client 8 first in `make test`'s 8.19 run: against 9.x it installs the templates;
+    against 8.x, which refuses client 9's compatible-with=9 headers, it fails at once (not
+    after --wait) and says which client to install."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = ("import sys, elasticsearch; from modelmon.cli import main; "
+            "print(elasticsearch.__versionstr__, flush=True); sys.exit(main(sys.argv[1:]))")
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code, "setup", "--es-url", elastic.url, "--wait", "60"],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    client = int(done.stdout.split(".")[0])
+    if client <= int(LINE):
+        assert done.returncode == 0, done.stderr
+        assert "index template logs-modelmon.predictions" in done.stdout
+    else:
+        assert done.returncode == 1, done.stdout
+        assert time.monotonic() - started < 30
+        assert "Elasticsearch refused the client: the Python client elasticsearch" in done.stderr
+        assert "pip install 'elasticsearch>=8.13,<9'" in done.stderr
 
 
 def test_kibana_that_does_not_answer_fails_clearly(elastic, capsys):

@@ -46,6 +46,20 @@ def elasticsearch_module():
     return elasticsearch
 
 
+def client_too_new(exc: BaseException) -> str | None:
+    """What to do when the Python client is of a newer major than the server, else None.
+
+    elasticsearch-py 9 asks for the 9.x REST API (``compatible-with=9``), which an 8.x server
+    refuses with 400 ``media_type_header_exception``; client 8 talks to 8.x and 9.x servers."""
+    text = str(exc)
+    if "media_type_header_exception" not in text and "Accept version must be" not in text:
+        return None
+    version = getattr(elasticsearch_module(), "__versionstr__", "?")
+    return (f"the Python client elasticsearch {version} speaks only the REST API of Elasticsearch "
+            f"{version.split('.')[0]}.x, which this older server refuses: for an 8.x server install "
+            "the client 8 (pip install 'elasticsearch>=8.13,<9'), which also works with 9.x")
+
+
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     """Elasticsearch connection flags; each defaults to an environment variable, none to a value."""
     env = os.environ.get
@@ -111,6 +125,10 @@ def wait_for_elasticsearch(client: "Elasticsearch", timeout: float) -> None:
             client.cluster.health(wait_for_status="yellow", timeout="5s")
         except (es.AuthenticationException, es.AuthorizationException) as exc:
             raise SetupError(f"Elasticsearch refused the credentials: {exc}") from exc
+        except es.BadRequestError as exc:
+            if advice := client_too_new(exc):
+                raise SetupError(f"Elasticsearch refused the client: {advice}") from exc
+            raise
 
     wait_for("Elasticsearch", probe, timeout)
 

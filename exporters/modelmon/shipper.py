@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from .elk_setup import SetupError, add_connection_arguments, connect, elasticsearch_module
+from .elk_setup import SetupError, add_connection_arguments, client_too_new, connect, elasticsearch_module
 from .events import parse_timestamp
 from .metrics import SHIPPER_CONTRACT
 
@@ -525,7 +525,9 @@ class Shipper:
                 self.metrics[name].inc(n)
             if not retry:
                 return
-            if error is not None:
+            if error is not None and (advice := client_too_new(error)):
+                log.error("bulk request refused: %s; %d documents wait for a retry", advice, len(retry))
+            elif error is not None:
                 log.warning("bulk request failed (%s); %d documents wait for a retry", error, len(retry))
             self.metrics["documents_retried"].inc(len(retry))
             self._scan()  # meanwhile, hold on to files rotated away and record what is waiting
