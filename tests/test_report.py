@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from elastic import elastic, es, namespace  # noqa: F401 (fixtures)
 from prometheus_client import CollectorRegistry
 from scipy import stats
 
-from modelmon import ModelMonitor, Reference
+from modelmon import ModelMonitor, Reference, event_source
 from modelmon.cli import main
 from modelmon.drift import SHARE_FLOOR
 from modelmon.events import EventLog, Redaction
@@ -361,7 +362,7 @@ def test_usage_errors_exit_2_with_one_line(setup, tmp_path, capsys, args, messag
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
-def test_reads_the_same_events_from_elasticsearch(setup, es, elastic, tmp_path, capsys):
+def test_reads_the_same_events_from_elasticsearch(setup, es, elastic, tmp_path, capsys, monkeypatch):
     root, *_ = setup
     shipper = Shipper(es, ShipperConfig(root / "events", namespace=namespace(), state_dir=tmp_path / "state"))
     while shipper.run_once():
@@ -374,3 +375,17 @@ def test_reads_the_same_events_from_elasticsearch(setup, es, elastic, tmp_path, 
     for rep in (from_file, from_es):
         del rep["generated_at"], rep["events"]["source"]
     assert from_es == from_file and from_es["events"]["read"] == 3000
+
+    # a point in time read in parallel slices, paged with search_after: every event once
+    monkeypatch.setattr(event_source, "ES_PAGE", 128)
+    for slices in (1, 3):
+        stats = event_source.EventStats()
+        ids = [e["event.id"] for e in event_source.read_elasticsearch(elastic.url, None, stats, stream, slices)]
+        assert len(ids) == len(set(ids)) == stats.read == 3000, slices
+    # a generator left early closes its point in time and its threads
+    events = event_source.read_elasticsearch(elastic.url, None, event_source.EventStats(), stream, 3)
+    next(events)
+    events.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("modelmon-es-slice")]
+    assert list(event_source.read_elasticsearch(elastic.url, None, event_source.EventStats(),
+                                                "logs-modelmon.none-*")) == []

@@ -184,9 +184,10 @@ def read_files(path: Path, since: datetime | None, stats: EventStats) -> Iterato
                 yield event
 
 
-def elasticsearch_client(url: str) -> Any:
+def elasticsearch_client(url: str, fast_json: bool = False) -> Any:
     """A client for ``url``, authenticated from $ELASTICSEARCH_API_KEY or
-    $ELASTICSEARCH_USERNAME/_PASSWORD, CA bundle from $ELASTICSEARCH_CA_CERTS."""
+    $ELASTICSEARCH_USERNAME/_PASSWORD, CA bundle from $ELASTICSEARCH_CA_CERTS;
+    ``fast_json``: responses decoded by orjson when it is installed."""
     try:
         from elasticsearch import Elasticsearch
     except ImportError:
@@ -198,26 +199,99 @@ def elasticsearch_client(url: str) -> Any:
         auth["api_key"] = env("ELASTICSEARCH_API_KEY")
     elif env("ELASTICSEARCH_USERNAME"):
         auth["basic_auth"] = (env("ELASTICSEARCH_USERNAME"), env("ELASTICSEARCH_PASSWORD", ""))
+    if fast_json and _fast_loads is not None:
+        try:
+            from elastic_transport import OrjsonSerializer
+
+            auth["serializers"] = {"application/json": OrjsonSerializer(),
+                                   "application/vnd.elasticsearch+json": OrjsonSerializer()}
+        except ImportError:  # pragma: no cover (elastic-transport before 8.13)
+            pass
     return Elasticsearch(url, ca_certs=env("ELASTICSEARCH_CA_CERTS"), request_timeout=60, **auth)
 
 
+ES_PAGE = 5000  # hits a request
+ES_SLICES = 4  # parallel slices of the point in time
+ES_KEEP_ALIVE = "5m"
+
+
+def _read_slice(client: Any, pit: str, query: dict[str, Any], slice_id: int, slices: int, out: Any,
+                stop: Any) -> None:
+    """One slice of the point in time, page by page (search_after on _shard_doc), into ``out``."""
+    search_after = None
+    try:
+        while not stop.is_set():
+            body: dict[str, Any] = {"pit": {"id": pit, "keep_alive": ES_KEEP_ALIVE}, "size": ES_PAGE,
+                                    "sort": ["_shard_doc"], "query": query, "track_total_hits": False}
+            if slices > 1:
+                body["slice"] = {"id": slice_id, "max": slices}
+            if search_after is not None:
+                body["search_after"] = search_after
+            hits = client.search(**body, filter_path="hits.hits._source,hits.hits.sort").get("hits", {}).get("hits", [])
+            if not hits:
+                break
+            out.put(hits)
+            search_after = hits[-1]["sort"]
+            if len(hits) < ES_PAGE:
+                break
+        out.put(None)
+    except BaseException as exc:  # handed to the reader, which raises it
+        out.put(exc)
+
+
 def read_elasticsearch(url: str, since: datetime | None, stats: EventStats,
-                       index: str = DATA_STREAMS) -> Iterator[dict[str, Any]]:
-    """Scroll through the prediction data streams (``helpers.scan``), in no particular order."""
-    from elasticsearch import ApiError, TransportError, helpers
+                       index: str = DATA_STREAMS, slices: int = ES_SLICES) -> Iterator[dict[str, Any]]:
+    """Every event of the prediction data streams, in no particular order: a point in time
+    read in ``slices`` parallel slices, each paged with search_after, at most a few pages
+    held at a time."""
+    import queue
+    import threading
+
+    from elasticsearch import ApiError, NotFoundError, TransportError
 
     query: dict[str, Any] = {"match_all": {}}
     if since is not None:
         query = {"range": {"@timestamp": {"gte": since.isoformat()}}}
-    client = elasticsearch_client(url)
+    client = elasticsearch_client(url, fast_json=True)
+    pit = None
+    stop = threading.Event()
+    pages: queue.Queue = queue.Queue(maxsize=2 * slices)
+    threads: list[threading.Thread] = []
     try:
-        hits = helpers.scan(client, index=index, query={"query": query}, size=2000, ignore_unavailable=True)
-        for hit in hits:
-            stats.read += 1
-            yield flatten(hit.get("_source") or {})
+        try:
+            pit = client.open_point_in_time(index=index, keep_alive=ES_KEEP_ALIVE, ignore_unavailable=True)["id"]
+        except NotFoundError:
+            return
+        threads = [threading.Thread(target=_read_slice, args=(client, pit, query, i, slices, pages, stop),
+                                    daemon=True, name=f"modelmon-es-slice-{i}") for i in range(slices)]
+        for thread in threads:
+            thread.start()
+        running = slices
+        while running:
+            page = pages.get()
+            if page is None:
+                running -= 1
+                continue
+            if isinstance(page, BaseException):
+                raise page
+            for hit in page:
+                stats.read += 1
+                yield flatten(hit.get("_source") or {})
     except (ApiError, TransportError) as exc:
         raise SourceError(f"{url}: cannot read {index}: {exc}") from exc
     finally:
+        stop.set()
+        for thread in threads:  # let them finish their request; drain so none blocks on a full queue
+            while thread.is_alive():
+                try:
+                    pages.get(timeout=0.1)
+                except queue.Empty:
+                    pass
+        if pit is not None:
+            try:
+                client.close_point_in_time(id=pit)
+            except (ApiError, TransportError):
+                pass
         client.close()
 
 
