@@ -43,7 +43,8 @@ def test_every_contract_family_but_outcomes_and_http_is_exported(monitor, regist
     names = {name for name, _ in scrape(registry)}
     reserved = {"modelmon_http", "modelmon_outcome", "modelmon_reference_score", "modelmon_alert_threshold",
                 "modelmon_internal_errors", "modelmon_feature_tokens", "modelmon_feature_unknown_tokens",
-                "modelmon_reference_unknown_token_ratio"}  # outcomes, HTTP, text: tested on their own
+                "modelmon_reference_unknown_token_ratio",
+                "modelmon_estimated"}  # outcomes, HTTP, text, estimated quality (test_estimated.py): on their own
     for spec in CONTRACT:
         if not spec.name.startswith(tuple(reserved)):
             assert set(spec.samples) <= names, spec.name

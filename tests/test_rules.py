@@ -35,6 +35,7 @@ ALERTS = {
     "ModelmonFeatureMissing", "ModelmonUnseenCategories", "ModelmonOutOfRange", "ModelmonPredictionMeanShift",
     "ModelmonNonFinitePredictions", "ModelmonModelStale", "ModelmonModelVersionChanged",
     "ModelmonDependencyChanged", "ModelmonQualityDrop", "ModelmonMonitoringErrors",
+    "ModelmonEstimatedQualityDrop",  # issue 15: estimated.alerts.yml
     "ModelmonShipperDown", "ModelmonShipperBacklog", "ModelmonShipperRejectedDocuments", "ModelmonShipperDataLoss",
 }
 # Alerts whose value is a constant (the target is down, a version appeared): their

@@ -24,6 +24,13 @@ def _score(item: str) -> tuple[str, float]:
 
 def profile(args: argparse.Namespace) -> int:
     data = read_csv(Path(args.data))
+    calibration = {}
+    if args.holdout is not None:
+        calibration = dict(holdout=read_csv(Path(args.holdout)), target=args.target,
+                           probabilities=_names(args.probabilities), classes=_names(args.classes) or None,
+                           positive=args.positive)
+    elif args.target or args.probabilities or args.classes or args.positive:
+        raise ValueError("--target, --probabilities, --classes and --positive calibrate on a --holdout set")
     ref = Reference.from_data(
         data,
         model=args.model,
@@ -36,12 +43,16 @@ def profile(args: argparse.Namespace) -> int:
         bins=args.bins,
         top_k=args.top_k,
         evaluation=dict(_score(item) for item in _names(args.evaluation)),
+        **calibration,
     )
     ref.save(args.output)
     print(
         f"wrote {args.output}: {len(ref.features)} features, {len(ref.outputs)} outputs, "
         f"{ref.rows} rows, hash {ref.hash}"
     )
+    if ref.calibration is not None:
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in ref.evaluation.items())
+        print(f"calibrated on {ref.calibration.rows} hold-out rows, classes {list(ref.calibration.classes)}: {scores}")
     return 0
 
 
@@ -60,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bins", type=int, default=DEFAULT_BINS, help="quantile bins per numeric column")
     p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="categories kept per categorical column")
     p.add_argument("--evaluation", help="held-out score(s) of the model, e.g. mae=15000 or accuracy=0.93")
+    p.add_argument("--holdout", help="labeled hold-out CSV (not the training data) with the model's class "
+                                     "probabilities: calibrates them for the estimated quality")
+    p.add_argument("--target", help="the hold-out set's label column")
+    p.add_argument("--probabilities", help="the hold-out set's probability columns, one per class, in class order")
+    p.add_argument("--classes", help="the classes in the order of --probabilities (default: the sorted labels)")
+    p.add_argument("--positive", help="a binary model's positive class (default: the second class)")
     p.add_argument("-o", "--output", required=True, help="reference YAML to write")
     p.set_defaults(run=profile)
     from . import elk_setup, shipper  # these import the elasticsearch package only when run

@@ -118,7 +118,35 @@ CONTRACT: tuple[MetricSpec, ...] = (
         "modelmon_outcomes_unmatched", "counter", MODEL + ("reason",), "Labels not joined (unknown_id, expired)."
     ),
     MetricSpec(
-        "modelmon_reference_score", "gauge", MODEL + ("metric",), "Held-out score of the model (accuracy, mae)."
+        "modelmon_reference_score", "gauge", MODEL + ("metric",),
+        "Held-out score of the model (accuracy, mae; precision, recall, f1 of a calibrated binary model).",
+    ),
+    # Confidence-based performance estimation (issue 15, estimated.py): sums over the rows
+    # observed with class probabilities, mapped through the reference's calibration.
+    MetricSpec("modelmon_estimated", "counter", MODEL, "Rows observed with usable class probabilities."),
+    MetricSpec(
+        "modelmon_estimated_correct", "counter", MODEL,
+        "Sum of the calibrated probability of the predicted class: expected correct rows.",
+    ),
+    MetricSpec(
+        "modelmon_estimated_correct_variance", "counter", MODEL,
+        "Sum of c * (1 - c) of the calibrated probability c of the predicted class.",
+    ),
+    MetricSpec(
+        "modelmon_estimated_confusion", "counter", MODEL + ("cell",),
+        "Binary models: expected true/false positives/negatives (cell tp, fp, fn, tn) of the positive class.",
+    ),
+    MetricSpec(
+        "modelmon_estimated_positive_variance", "counter", MODEL,
+        "Binary models: sum of q * (1 - q) of the calibrated positive probability q over rows predicted positive.",
+    ),
+    MetricSpec(
+        "modelmon_estimated_class_confusion", "counter", MODEL + ("predicted", "actual"),
+        "Multiclass models: expected rows by predicted and actual class (calibrated probabilities summed).",
+    ),
+    MetricSpec(
+        "modelmon_estimated_invalid", "counter", MODEL,
+        "Rows whose class probabilities were unusable (missing, not summing to 1, unknown predicted class).",
     ),
     MetricSpec("modelmon_internal_errors", "counter", ("stage",), "Monitoring failures, swallowed and counted."),
 )
@@ -160,6 +188,7 @@ ALERT_THRESHOLDS: dict[str, float] = {
     "ModelmonHighLatency": 0.5,  # p95 seconds
     "ModelmonModelStale": 30 * 86400.0,  # model age, seconds
     "ModelmonQualityDrop": 0.1,  # relative drop against the reference score
+    "ModelmonEstimatedQualityDrop": 0.1,  # relative drop of the estimated accuracy against the hold-out's
 }
 
 # ModelmonPredictionMeanShift also needs the shift to be at least this many training

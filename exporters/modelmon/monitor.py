@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from . import multiprocess
 from .bins import SUM_SLOTS, Bins, CategoricalBins, NumericBins, RowFlags, TextBins
+from .estimated import Estimator
 from .events import EventLog
 from .outcomes import OutcomeStore, OutcomeTracker
 from .stores import open_store
@@ -74,6 +75,9 @@ class ModelMonitor:
         if events is not None:
             events.on_error = lambda exc: self._errors.count("log", exc)
             self._flags = RowFlags(self._features, self._outputs)
+        # expected outcomes of rows observed with class probabilities (estimated.py)
+        self._estimator = Estimator(ref.calibration, self._metrics, (self.model, self.version)) \
+            if ref.calibration is not None else None
         self._children()
         self._mark_flushed()
         self._tracker = None
@@ -161,19 +165,23 @@ class ModelMonitor:
     # -- hot path ---------------------------------------------------------------
 
     def observe(self, features: Mapping[str, Any], prediction: Any, *, prediction_id: str | None = None,
-                trace_id: str | None = None, duration: float | None = None) -> None:
+                trace_id: str | None = None, duration: float | None = None, probabilities: Any = None) -> None:
         """Record one scored row: its input features and its prediction.
 
         ``prediction`` is a number or class label, or a mapping of output name to value
         for models with several outputs. ``duration`` (seconds) feeds the latency
         histogram when the caller timed predict itself. ``prediction_id`` and
         ``trace_id`` identify the row's event (and later its delayed label).
+        ``probabilities`` (a mapping class -> probability, or a sequence in the
+        reference's class order) feeds the estimated quality of a calibrated reference.
         """
         try:
             with self._lock:
                 self._rows += 1
                 slots = self._observe_features(features)
                 out_slots = self._observe_prediction(prediction) if self._outputs else []
+                if probabilities is not None:
+                    self._estimate(prediction, probabilities)
             if prediction_id is not None and self._tracker is not None:
                 primary = prediction.get(self._tracker_output) if isinstance(prediction, Mapping) else prediction
                 self._tracker.remember(prediction_id, primary)
@@ -184,6 +192,15 @@ class ModelMonitor:
             return
         if self._events is not None:
             self._log_row(features, prediction, slots, out_slots, prediction_id, trace_id, duration)
+
+    def _estimate(self, prediction: Any, probabilities: Any) -> None:
+        if self._estimator is None:
+            self._errors.count("input", f"probabilities given, but the reference of {self.model} has no "
+                                        "calibration (profile it with a hold-out set)")
+            return
+        if isinstance(prediction, Mapping):
+            prediction = prediction.get(self._tracker_output) if self._outputs else None
+        self._estimator.add(prediction, probabilities)
 
     def _observe_features(self, features: Mapping[str, Any]) -> list[int]:
         try:
@@ -232,12 +249,14 @@ class ModelMonitor:
             self._errors.count("log", exc)
 
     def observe_batch(self, features: Any, predictions: Any, *, prediction_ids: Any = None,
-                      duration: float | None = None) -> None:
+                      duration: float | None = None, probabilities: Any = None) -> None:
         """Record a batch: a DataFrame or mapping of column to array, and its predictions.
 
         ``predictions`` is an array (one output) or a mapping of output name to array.
         Columns are binned with numpy; a column of the wrong length is skipped and
         counted as an input error. ``prediction_ids`` lets delayed labels join the rows.
+        ``probabilities`` (an n x k array in the reference's class order, or a mapping
+        class -> array) feeds the estimated quality of a calibrated reference.
         """
         try:
             outputs = self._by_output(predictions)
@@ -247,8 +266,17 @@ class ModelMonitor:
             pending = list(self._batch_counts(self._features, features, n))
             if self._outputs:
                 pending += self._batch_counts(self._outputs, outputs, n)
+            estimated = None
+            if probabilities is not None:
+                if self._estimator is None:
+                    self._estimate(None, probabilities)  # counts the missing calibration
+                else:
+                    primary = outputs.get(self._tracker_output) if self._outputs else None
+                    estimated = self._estimator.batch(primary, probabilities, n)
             with self._lock:
                 self._rows += n
+                if estimated is not None:
+                    self._estimator.add_batch(estimated)
                 counts, sums = self._counts, self._sums
                 for binner, rel_counts, total in pending:
                     for i, k in enumerate(rel_counts, binner.offset):
@@ -425,6 +453,9 @@ class ModelMonitor:
             with self._flush_lock:
                 with self._lock:
                     counts, sums, rows = self._counts[:], self._sums[:], self._rows
+                    estimated = self._estimator.sums[:] if self._estimator is not None else None
+                if estimated is not None:
+                    self._estimator.flush(estimated)
                 done = self._done_counts
                 for j, (child, n, total) in enumerate(self._value_totals(counts, sums)):
                     done_n, done_total = self._done_values[j]
@@ -463,6 +494,8 @@ class ModelMonitor:
         self._done_counts = self._counts[:]
         self._done_values = [(n, total) for _, n, total in self._value_totals(self._counts, self._sums)]
         self._done_rows = self._rows
+        if self._estimator is not None:
+            self._estimator.mark_flushed()
 
     def _value_totals(self, counts: list, sums: list) -> Iterator[tuple[Any, int, float]]:
         """(summary child, count, sum) of each sign of each numeric column, from the running counts.

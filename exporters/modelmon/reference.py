@@ -33,6 +33,8 @@ from .bins import (
     numeric_bin_labels,
     tokenize,
 )
+from .calibration import Calibration
+from .calibration import fit as fit_calibration
 
 SCHEMA_VERSION = 1
 DEFAULT_BINS = 10
@@ -93,6 +95,7 @@ class Reference:
     outputs: dict[str, ColumnProfile] = field(default_factory=dict)
     evaluation: dict[str, float] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    calibration: Calibration | None = None  # of the class probabilities, on a hold-out set (calibration.py)
 
     @functools.cached_property
     def hash(self) -> str:
@@ -110,6 +113,8 @@ class Reference:
             "features": {k: v.to_dict() for k, v in self.features.items()},
             "outputs": {k: v.to_dict() for k, v in self.outputs.items()},
             "evaluation": dict(self.evaluation),
+            # only when present, so that the hashes of references without one stay as they were
+            **({"calibration": self.calibration.to_dict()} if self.calibration is not None else {}),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -151,6 +156,11 @@ class Reference:
         top_k: int = DEFAULT_TOP_K,
         exclude: Iterable[str] = (),
         evaluation: Mapping[str, float] | None = None,
+        holdout: Any = None,
+        target: str | None = None,
+        probabilities: Sequence[str] | None = None,
+        classes: Sequence[Any] | None = None,
+        positive: Any = None,
     ) -> "Reference":
         """Profile a pandas DataFrame or a mapping of column name to array.
 
@@ -160,8 +170,17 @@ class Reference:
         token count, with a vocabulary); the rest numeric. ``evaluation`` is the
         model's held-out score, e.g. ``{"mae": 15000.0}`` or ``{"accuracy": 0.93}``,
         exported for the quality-drop alert.
+
+        ``holdout`` (a labeled hold-out set, not the training data, with ``target`` and the
+        ``probabilities`` columns) calibrates the class probabilities for the estimated
+        quality: see ``calibrate``.
         """
         evaluation = _check_evaluation(dict(evaluation or {}), "evaluation")
+        if holdout is not None and set(evaluation) & {"accuracy", "precision", "recall", "f1"}:
+            raise ValueError("evaluation: with a hold-out set, its realized accuracy is the reference score; "
+                             "give one or the other")
+        if holdout is not None and (target is None or not probabilities):
+            raise ValueError("holdout: give target= (the label column) and probabilities= (one column per class)")
         columns = {str(name): data[name] for name in data.keys()} if isinstance(data, Mapping) else {
             str(name): data[name] for name in data.columns
         }
@@ -188,7 +207,7 @@ class Reference:
             return profile_column(columns[name], categorical=name in categorical, bins=bins, top_k=top_k)
 
         skip = set(outputs) | set(exclude)
-        return cls(
+        ref = cls(
             model=model,
             version=str(version),
             trained_at=_parse_time(trained_at) if trained_at is not None else datetime.now(timezone.utc),
@@ -197,9 +216,32 @@ class Reference:
             outputs={name: profile(name) for name in outputs},
             evaluation=evaluation,
         )
+        if holdout is None:
+            return ref
+        return ref.calibrate(holdout, target=target, probabilities=probabilities, classes=classes, positive=positive)
+
+    def calibrate(self, holdout: Any, *, target: str, probabilities: Sequence[str],
+                  classes: Sequence[Any] | None = None, positive: Any = None) -> "Reference":
+        """This reference with a calibration of the model's class probabilities on ``holdout``.
+
+        ``holdout``: a labeled hold-out set (DataFrame or mapping of columns), with the
+        label column ``target`` and the model's probabilities in the columns
+        ``probabilities``, in the order of ``classes`` (default: the sorted distinct
+        labels, scikit-learn's ``classes_``); ``positive`` names a binary model's positive
+        class (default: the second class). The predicted class is the reference's first
+        output column if the hold-out set has it, else the most probable class. The
+        realized hold-out accuracy (and precision, recall, F1 of a binary model) become
+        the reference scores. Raises ValueError on probabilities that are not, labels
+        outside the classes, or fewer than 200 rows (10 per class).
+        """
+        calibration, realized = fit_calibration(
+            holdout, target=target, probabilities=probabilities, classes=classes, positive=positive,
+            prediction=next(iter(self.outputs), None))
+        evaluation = {k: v for k, v in self.evaluation.items() if k not in realized}
+        return dataclasses.replace(self, calibration=calibration, evaluation={**evaluation, **realized})
 
 
-EVALUATION_METRICS = ("accuracy", "mae")
+EVALUATION_METRICS = ("accuracy", "mae", "precision", "recall", "f1")
 
 
 def _check_evaluation(evaluation: dict, where: str) -> dict[str, float]:
@@ -347,6 +389,7 @@ class _Parser:
             features={str(k): self.column(v, f"features.{k}.") for k, v in features.items()},
             outputs={str(k): self.column(v, f"outputs.{k}.") for k, v in outputs.items()},
             evaluation=self.evaluation(data.get("evaluation") or {}),
+            calibration=self.calibration(data.get("calibration")),
         )
         if not ref.features and not ref.outputs:
             raise self.fail("features", "at least one feature or output", features)
@@ -363,6 +406,14 @@ class _Parser:
             raise self.fail("evaluation", "a mapping of metric (accuracy, mae) to score", data)
         try:
             return _check_evaluation(data, "evaluation")
+        except ValueError as exc:
+            raise ReferenceFileError(f"{self.source}: {exc}") from None
+
+    def calibration(self, data: Any) -> Calibration | None:
+        if data is None:
+            return None
+        try:
+            return Calibration.from_dict(data)
         except ValueError as exc:
             raise ReferenceFileError(f"{self.source}: {exc}") from None
 
