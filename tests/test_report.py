@@ -308,6 +308,48 @@ def test_segments_by_a_label_or_an_input(setup, tmp_path, capsys):
     assert set(column(rep, "area")["groups"]["sizes"]) == set(CITIES)
 
 
+def test_memory_is_bounded_by_the_sample_and_the_segment_cap(setup, tmp_path, capsys):
+    root, reference, training, live = setup
+    args = ["--reference", root / "reference.yaml", "--events", root / "events", "--training", root / "train.csv"]
+    _, full, _ = report(capsys, tmp_path, *args)
+    _, small, _ = report(capsys, tmp_path, *args, "--sample-size", "500", "--segment", "city", "--max-segments", "2")
+    assert full["sample"] == {"size": 100_000, "rows": 3000, "of_rows": 3000, "seed": 0,
+                              "method": full["sample"]["method"]}
+    assert small["sample"]["rows"] == 500 and small["sample"]["of_rows"] == 3000
+    area = column(small, "area")
+    assert area["n"] == 3000 and area["sample_n"] == 500  # bins over every row, raw tests on the sample
+    assert any("uniform sample of 500 of the 3000" in note for note in area["notes"])
+    assert column(full, "area")["bins"] == area["bins"]
+    # the sample is uniform: its KS D against training is near the full one's
+    assert abs(result(area, "ks_2samp")["statistic"] - result(column(full, "area"), "ks_2samp")["statistic"]) < 0.06
+    # two segments kept, the third counted as __other__, and said so
+    groups = column(small, "city")["groups"]
+    assert len(groups["sizes"]) == 3 and "__other__" in groups["sizes"] and sum(groups["sizes"].values()) == 3000
+    assert small["segments"]["lumped_rows"] == groups["sizes"]["__other__"] > 0
+    assert any("more than 2 segments" in note for note in small["notes"])
+    assert "counted together as __other__" in (tmp_path / "out.html").read_text()
+    # a fixed seed: the same sample, the same report
+    _, again, _ = report(capsys, tmp_path, *args, "--sample-size", "500", "--segment", "city", "--max-segments", "2")
+    for rep in (small, again):
+        del rep["generated_at"]
+    assert again == small
+
+
+def test_progress_only_on_a_terminal(setup, tmp_path, capsys, monkeypatch):
+    from modelmon.event_source import EventStats
+    from modelmon.report import Progress
+
+    root, *_ = setup
+    report(capsys, tmp_path, "--reference", root / "reference.yaml", "--events", root / "events")
+    assert capsys.readouterr().err == ""  # stderr is not a terminal here
+    stats = EventStats(bytes_total=1000, bytes_read=250)
+    progress = Progress(stats, every=0)
+    progress.update(5000)
+    progress.close(20000)
+    err = capsys.readouterr().err
+    assert "5,000 events" in err and "25%" in err and "20,000 events in" in err and err.endswith("\n")
+
+
 def test_failed_predictions_are_left_out_as_the_metrics_leave_them_out(setup, tmp_path, capsys):
     root, reference, _, live = setup
     log = EventLog(tmp_path / "events")

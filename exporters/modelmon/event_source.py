@@ -240,7 +240,7 @@ def _read_slice(client: Any, pit: str, query: dict[str, Any], slice_id: int, sli
 
 
 def read_elasticsearch(url: str, since: datetime | None, stats: EventStats,
-                       index: str = DATA_STREAMS, slices: int = ES_SLICES) -> Iterator[dict[str, Any]]:
+                       index: str = DATA_STREAMS, slices: int | None = None) -> Iterator[dict[str, Any]]:
     """Every event of the prediction data streams, in no particular order: a point in time
     read in ``slices`` parallel slices, each paged with search_after, at most a few pages
     held at a time."""
@@ -248,6 +248,8 @@ def read_elasticsearch(url: str, since: datetime | None, stats: EventStats,
     import threading
 
     from elasticsearch import ApiError, NotFoundError, TransportError
+
+    slices = slices or ES_SLICES
 
     query: dict[str, Any] = {"match_all": {}}
     if since is not None:
@@ -278,7 +280,9 @@ def read_elasticsearch(url: str, since: datetime | None, stats: EventStats,
                 stats.read += 1
                 yield flatten(hit.get("_source") or {})
     except (ApiError, TransportError) as exc:
-        raise SourceError(f"{url}: cannot read {index}: {exc}") from exc
+        from .elk_setup import client_too_new  # an 8.x server refuses the client 9: say what to install
+
+        raise SourceError(f"{url}: cannot read {index}: {client_too_new(exc) or exc}") from exc
     finally:
         stop.set()
         for thread in threads:  # let them finish their request; drain so none blocks on a full queue

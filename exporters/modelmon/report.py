@@ -197,7 +197,7 @@ class Live:
             else:
                 code = self._codes.get(OTHER_SEGMENT)
                 if code is None:
-                    code = len(self.segments)
+                    code = self._codes[OTHER_SEGMENT] = len(self.segments)
                     self.segments.append(OTHER_SEGMENT)
             self._codes[group] = code
         return code
@@ -206,12 +206,10 @@ class Live:
     def fold(self, columns: Mapping[str, list[Any]], groups: list[str | None], logged: bool = False) -> None:
         """Fold one chunk: values per column (as logged when ``logged``: "nan", masked...)."""
         m = len(groups)
-        cap = len(self.segments) >= self.max_segments
         codes = np.fromiter((self._code(g) for g in groups), np.intp, m)
-        if cap or len(self.segments) > self.max_segments:
-            other = self._codes.get(OTHER_SEGMENT)
-            if other is not None:
-                self.lumped += int(np.count_nonzero(codes == other))
+        other = self._codes.get(OTHER_SEGMENT)
+        if other is not None:
+            self.lumped += int(np.count_nonzero(codes == other))
         present = np.unique(codes[codes >= 0]).tolist()
         by_group = None if len(present) <= 1 else {g: np.flatnonzero(codes == g) for g in present}
         matrix = np.full((m, len(self.numeric)), np.nan)
