@@ -38,8 +38,11 @@ RUNNER = """
 import sys, time
 from modelmon import event_source
 from modelmon.cli import main
-if sys.argv[1] == "stdlib":
-    event_source._fast_loads = None
+for setting in sys.argv[1].split(","):
+    if setting == "stdlib":
+        event_source._fast_loads = None
+    elif setting.startswith("slices="):
+        event_source.ES_SLICES = int(setting.split("=")[1])
 start = time.perf_counter()
 code = main(sys.argv[2:])
 print("SECONDS", time.perf_counter() - start, file=sys.stderr)
@@ -65,7 +68,8 @@ def write_events(path: Path, start: int, n: int, seed: int) -> None:
             inputs = ", ".join([f'"num{i}": {numeric[i][r]!r}' for i in range(N_NUMERIC)]
                                + [f'"cat{i}": "{categorical[i][r]}"' for i in range(N_CATEGORICAL)])
             lines.append(f'{head}{start + r:032x}{middle}{inputs}}}, "modelmon.outputs": {{"price": {price[r]!r}}}, '
-                         f'{tail}"modelmon.prediction.value": {price[r]!r}, "@timestamp": "2026-12-01T10:00:00.000000+00:00"}}\n')
+                         f'{tail}"modelmon.prediction.value": {price[r]!r}, '
+                         '"@timestamp": "2026-12-01T10:00:00.000000+00:00"}\n')
             if len(lines) == 10_000:
                 out.writelines(lines)
                 lines = []
@@ -101,9 +105,10 @@ def events_dir(workdir: Path, n: int) -> Path:
     return target_dir
 
 
-def run_report(reference: Path, training: Path, events: Path, out: Path, parser: str = "orjson") -> dict:
+def run_report(reference: Path, training: Path, events: Path | str, out: Path, parser: str = "orjson",
+               extra: tuple[str, ...] = ()) -> dict:
     argv = [sys.executable, "-c", RUNNER, parser, "report", "--reference", str(reference), "--training",
-            str(training), "--events", str(events), "-o", str(out)]
+            str(training), "--events", str(events), "-o", str(out), *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "exporters")}
     started = time.perf_counter()
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
@@ -136,12 +141,60 @@ def parse_rates(path: Path, lines: int = 50_000) -> dict[str, float]:
     return rates
 
 
+ES_STREAM = "logs-modelmon.predictions-bench"
+
+
+def elasticsearch_runs(workdir: Path, reference: Path, training: Path, n: int) -> dict:
+    """Index n events into a test node (tests/elastic.py), then report from it with 4 slices and with 1."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import orjson
+    from elastic import node  # the tests' node: scripts/elasticsearch.sh, on loopback
+    from elasticsearch import Elasticsearch, helpers
+
+    from modelmon.elk_setup import DEFAULT_ASSETS, install_elasticsearch
+
+    es_node = node()
+    try:
+        client = Elasticsearch(es_node.url, request_timeout=120)
+        install_elasticsearch(client, DEFAULT_ASSETS)
+        files = sorted(events_dir(workdir, -(-n // PER_FILE) * PER_FILE).glob("*.jsonl"))
+
+        def actions():
+            left = n
+            for file in files:
+                with open(file, "rb") as handle:
+                    for line in handle:
+                        if left == 0:
+                            return
+                        left -= 1
+                        yield {"_op_type": "create", "_index": ES_STREAM, "_source": orjson.loads(line)}
+
+        started = time.perf_counter()
+        indexed = sum(ok for ok, _ in helpers.streaming_bulk(client, actions(), chunk_size=2000,
+                                                              raise_on_error=True))
+        client.indices.refresh(index=ES_STREAM)
+        index_seconds = time.perf_counter() - started
+        print(f"Elasticsearch: {indexed:,} events indexed in {index_seconds:.0f}s", flush=True)
+        runs = {}
+        for slices in (4, 1):
+            runs[slices] = run_report(reference, training, es_node.url, workdir / f"report-es-{slices}",
+                                      f"slices={slices}", ("--es-index", ES_STREAM))
+            r = runs[slices]
+            print(f"Elasticsearch, {slices} slice(s): {r['report_s']:.1f}s, {r['events'] / r['report_s']:,.0f} "
+                  f"events/s, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+        return {"indexed": indexed, "index_seconds": index_seconds, "runs": runs}
+    finally:
+        es_node.remove()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, help="write the JSON result here")
     parser.add_argument("--quick", action="store_true", help="100,000 events only")
     parser.add_argument("--sizes", default="100000,1000000,5000000")
     parser.add_argument("--workdir", type=Path, help="keep the event files here (default: a temporary directory)")
+    parser.add_argument("--elasticsearch", type=int, metavar="N", default=0,
+                        help="also index N events into a test node (tests/elastic.py) and report from it")
     args = parser.parse_args()
     sizes = [100_000] if args.quick else [int(s) for s in args.sizes.split(",")]
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="modelmon-bench-report-"))
@@ -166,6 +219,7 @@ def main() -> None:
         first = sizes[0]
         stdlib = run_report(reference, training, events_dir(workdir, first), workdir / "report-stdlib", "stdlib")
         rates = parse_rates(workdir / "files" / "predictions-000.jsonl")
+        elastic = elasticsearch_runs(workdir, reference, training, args.elasticsearch) if args.elasticsearch else None
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -173,6 +227,11 @@ def main() -> None:
              f"{r['sample']['rows']:,}", len(r["drifting"])] for n, r in results.items()]
     rows.append([f"{first:,} (json, no orjson)", f"{stdlib['report_s']:.1f}", f"{first / stdlib['report_s']:,.0f}",
                  f"{stdlib['peak_rss_mb']:.0f}", f"{stdlib['sample']['rows']:,}", len(stdlib["drifting"])])
+    if elastic:
+        for slices, r in elastic["runs"].items():
+            rows.append([f"{r['events']:,} from Elasticsearch, {slices} slice(s)", f"{r['report_s']:.1f}",
+                         f"{r['events'] / r['report_s']:,.0f}", f"{r['peak_rss_mb']:.0f}", f"{r['sample']['rows']:,}",
+                         len(r["drifting"])])
     markdown = (table(["events", "seconds", "events/s", "peak RSS MB", "sample rows", "drifting"], rows)
                 + f"\n\nParsing one event line: json {rates['json']:,.0f}/s, orjson {rates['orjson']:,.0f}/s."
                 + (f" Skipped for disk space: {', '.join(f'{n:,}' for n in skipped)}." if skipped else ""))
@@ -188,8 +247,13 @@ def main() -> None:
     rate = largest / results[largest]["report_s"]
     targets.append(target(f"events/s from event files >= {RATE_TARGET:,}", f"{rate:,.0f} at {largest:,}",
                           rate >= RATE_TARGET if largest >= 1_000_000 else None))
+    if elastic:
+        r = elastic["runs"][4]
+        rate = r["events"] / r["report_s"]
+        targets.append(target(f"events/s from Elasticsearch >= {RATE_TARGET:,}", f"{rate:,.0f} at {r['events']:,}",
+                              rate >= RATE_TARGET))
     data = {"results": {str(n): r for n, r in results.items()}, "stdlib_json": stdlib, "parse_rates": rates,
-            "skipped": skipped}
+            "skipped": skipped, "elasticsearch": elastic}
     write_result(args, "modelmon report: events/s and peak memory", markdown, targets, data)
 
 

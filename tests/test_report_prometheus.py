@@ -70,8 +70,8 @@ def test_psi_from_prometheus_equals_the_recording_rules(tmp_path, capsys, line):
                 monitor.observe_batch({"area": area[part], "rooms": live["rooms"][part], "city": city[part]},
                                       live["price"][part])
             sent = time.time()
-            prom.wait_for(f'sum(modelmon_feature_bin_total{{feature="area"}}) == {ROWS} '
-                          f'and on() timestamp(modelmon_feature_bin_total{{feature="area", bin="__missing__"}}) > {sent}',
+            prom.wait_for(f'sum(modelmon_feature_bin_total{{feature="area"}}) == {ROWS} and on() '
+                          f'timestamp(modelmon_feature_bin_total{{feature="area", bin="__missing__"}}) > {sent}',
                           timeout=30)
             scraped = time.time()
             # an evaluation 2 s after the scrape, whose hour holds every row

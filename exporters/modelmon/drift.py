@@ -154,7 +154,10 @@ def ks_margin(n: float, reference_n: float | None, alpha: float = 1 - CONFIDENCE
 
 
 def _ks_bounds(d: float, n: float, reference_n: float | None) -> Callable[[float], tuple[float, float]]:
-    return lambda alpha: (max(d - ks_margin(n, reference_n, alpha), 0.0), min(d + ks_margin(n, reference_n, alpha), 1.0))
+    def bounds(alpha: float) -> tuple[float, float]:
+        margin = ks_margin(n, reference_n, alpha)
+        return max(d - margin, 0.0), min(d + margin, 1.0)
+    return bounds
 
 
 def _chi_bounds(statistic: float, df: float, scale: float,

@@ -29,7 +29,8 @@ import numpy as np
 from .event_source import SourceError, parse_since
 from .reference import Reference
 
-FAMILIES = (("features", "modelmon_feature_bin_total", "feature"), ("outputs", "modelmon_prediction_bin_total", "output"))
+FAMILIES = (("features", "modelmon_feature_bin_total", "feature"),
+            ("outputs", "modelmon_prediction_bin_total", "output"))
 
 
 def label_value(text: str) -> str:

@@ -440,7 +440,8 @@ def analyse_column(name: str, role: str, profile: ColumnProfile, reference_rows:
     return column
 
 
-def analyse(reference: Reference, live: Live | LiveData, training: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
+def analyse(reference: Reference, live: Live | LiveData,
+            training: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
     """The report as a JSON-ready dict: one entry per column, p-values BH-adjusted together."""
     if isinstance(live, LiveData):
         live = Live.from_data(reference, live)
