@@ -199,6 +199,25 @@ def test_a_paused_redis_delays_a_label_by_about_its_timeout_and_observe_not_at_a
     assert monitor.record_outcome("s1999", 300.0)
 
 
+def test_a_batch_of_labels_waits_for_one_timeout_not_one_per_label(reference, redis_server):
+    store = RedisOutcomeStore(redis_server.url + "?prefix=batch&timeout=0.25")
+    monitor, registry = monitor_on(reference, store)
+    for i in range(200):
+        monitor.observe(ROW, 300.0, prediction_id=f"b{i}")
+    store.sync()
+    redis_server.pause()
+    try:
+        start = time.perf_counter()
+        joined = [monitor.record_outcome(f"b{i}", 300.0) for i in range(200)]
+        seconds = time.perf_counter() - start
+    finally:
+        redis_server.resume()
+    assert not any(joined) and seconds < 1.0, seconds  # 200 x 0.25 s without failing fast
+    assert outcome_errors(registry) == 200
+    time.sleep(store.FAIL_FAST_SECONDS)
+    assert all(monitor.record_outcome(f"b{i}", 300.0) for i in range(200))  # nothing was lost meanwhile
+
+
 # -- two services, nothing shared but the Redis URL ----------------------------------
 
 

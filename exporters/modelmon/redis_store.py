@@ -72,6 +72,7 @@ class RedisOutcomeStore:
     WRITE_INTERVAL_SECONDS = 0.25
     WRITE_CHUNK = 1_000  # predictions per pipeline: one round trip, a few tens of KB
     MAX_BACKOFF_SECONDS = 5.0
+    FAIL_FAST_SECONDS = 1.0  # after a failure, labels fail at once for this long (or until a write succeeds)
 
     def __init__(self, url: str, *, ttl_seconds: float | None = None, timeout: float | None = None,
                  prefix: str | None = None, max_pending: int | None = None):
@@ -169,6 +170,7 @@ class RedisOutcomeStore:
         self._wake = threading.Event()
         self._writer: threading.Thread | None = None
         self._failures = 0  # consecutive failed writes: the backoff
+        self._down_until = 0.0  # monotonic time until which labels fail fast, without waiting on Redis
 
     def after_fork(self) -> None:
         """In a forked child: the parent's queue, writer thread and connections are the parent's."""
@@ -213,9 +215,11 @@ class RedisOutcomeStore:
                 while self._pending:
                     with self._lock:  # one chunk at a time: a label waits for one round trip at most
                         self._write_chunk()
+                    self._down_until = 0.0  # Redis answers again
                 self._failures = 0
             except Exception as exc:  # down, slow, out of memory: keep the queue, count, back off
                 self._failures += 1
+                self._down_until = time.monotonic() + self.FAIL_FAST_SECONDS
                 self.on_error(exc)
 
     def write_pending(self) -> None:
@@ -270,17 +274,26 @@ class RedisOutcomeStore:
 
         This process's queued predictions go first (one chunk: the queue is short unless
         Redis was away), so a label that comes back to the same process always finds its
-        prediction. Raises when Redis fails or answers slower than ``timeout``.
+        prediction. Raises when Redis fails or answers slower than ``timeout``, and, for
+        ``FAIL_FAST_SECONDS`` after a failure, at once: a batch of labels posted while Redis
+        hangs waits for one timeout, not one per label.
         """
+        if time.monotonic() < self._down_until:
+            raise ConnectionError(f"outcome store {self.safe_url} failed less than {self.FAIL_FAST_SECONDS:g} s ago; "
+                                  "label not joined")
         key = self._key(model, prediction_id)
-        with self._lock:
-            self._write_chunk()
-        client = self._client_for_pid()
-        # GET, then DEL: a GET that times out (a paused Redis runs it later) deletes nothing, so
-        # the label can be posted again; DEL answering 1 makes this the one replica that joins it.
-        raw = client.get(key)
-        if raw is None or not client.delete(key):
-            return None
+        try:
+            with self._lock:
+                self._write_chunk()
+            client = self._client_for_pid()
+            # GET, then DEL: a GET that times out (a paused Redis runs it later) deletes nothing, so
+            # the label can be posted again; DEL answering 1 makes this the one replica that joins it.
+            raw = client.get(key)
+            if raw is None or not client.delete(key):
+                return None
+        except Exception:
+            self._down_until = time.monotonic() + self.FAIL_FAST_SECONDS
+            raise
         version, value = json.loads(raw)
         return version, value
 
