@@ -43,6 +43,8 @@ for setting in sys.argv[1].split(","):
         event_source._fast_loads = None
     elif setting.startswith("slices="):
         event_source.ES_SLICES = int(setting.split("=")[1])
+    elif setting.startswith("page="):
+        event_source.ES_PAGE = int(setting.split("=")[1])
 start = time.perf_counter()
 code = main(sys.argv[2:])
 print("SECONDS", time.perf_counter() - start, file=sys.stderr)
@@ -145,7 +147,7 @@ ES_STREAM = "logs-modelmon.predictions-bench"
 
 
 def elasticsearch_runs(workdir: Path, reference: Path, training: Path, n: int) -> dict:
-    """Index n events into a test node (tests/elastic.py), then report from it with 4 slices and with 1."""
+    """Index n events into a test node (tests/elastic.py), then report from it with 4, 2 and 1 slices."""
     sys.path.insert(0, str(ROOT / "tests"))
     import orjson
     from elastic import node  # the tests' node: scripts/elasticsearch.sh, on loopback
@@ -176,7 +178,7 @@ def elasticsearch_runs(workdir: Path, reference: Path, training: Path, n: int) -
         index_seconds = time.perf_counter() - started
         print(f"Elasticsearch: {indexed:,} events indexed in {index_seconds:.0f}s", flush=True)
         runs = {}
-        for slices in (4, 1):
+        for slices in (4, 2, 1):
             runs[slices] = run_report(reference, training, es_node.url, workdir / f"report-es-{slices}",
                                       f"slices={slices}", ("--es-index", ES_STREAM))
             r = runs[slices]

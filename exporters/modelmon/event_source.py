@@ -210,7 +210,7 @@ def elasticsearch_client(url: str, fast_json: bool = False) -> Any:
     return Elasticsearch(url, ca_certs=env("ELASTICSEARCH_CA_CERTS"), request_timeout=60, **auth)
 
 
-ES_PAGE = 5000  # hits a request
+ES_PAGE = 2000  # hits a request (a page of 1.2 KB events is about 10 MB as Python objects)
 ES_SLICES = 4  # parallel slices of the point in time
 ES_KEEP_ALIVE = "5m"
 
@@ -257,7 +257,7 @@ def read_elasticsearch(url: str, since: datetime | None, stats: EventStats,
     client = elasticsearch_client(url, fast_json=True)
     pit = None
     stop = threading.Event()
-    pages: queue.Queue = queue.Queue(maxsize=2 * slices)
+    pages: queue.Queue = queue.Queue(maxsize=slices)  # with one page in flight a slice: 2 x slices pages held
     threads: list[threading.Thread] = []
     try:
         try:
