@@ -729,16 +729,22 @@ def data_dashboard() -> dict:
                            f"{{{SEL}}}[1h]))", f"unmatched {MV} {{{{reason}}}}")],
             width=10),
         timeseries(
-            "Accuracy vs reference (1h)",
-            "Share of joined labels equal to the predicted class over the hour before each point "
-            "(model:modelmon_outcomes:accuracy_1h), for categorical outputs. Dashed: the held-out accuracy "
-            "from the reference profile (modelmon_reference_score). ModelmonQualityDrop compares the daily "
-            "accuracy (10% relative drop unless set per model, 200 labels a day).",
+            "Accuracy: estimated, realized and hold-out (1h)",
+            "Realized: share of joined labels equal to the predicted class over the hour before each point "
+            "(model:modelmon_outcomes:accuracy_1h), for categorical outputs. Estimated: the accuracy the "
+            "model's calibrated confidence predicts, no labels needed (model:modelmon_estimated:accuracy_1h, "
+            "rows observed with probabilities and a reference calibrated on a hold-out set); it follows "
+            "covariate shift but cannot see concept drift, which only the realized line shows. Dashed: the "
+            "held-out accuracy from the reference profile (modelmon_reference_score). ModelmonQualityDrop "
+            "compares the daily realized accuracy (10% relative drop unless set per model, 200 labels a day), "
+            "ModelmonEstimatedQualityDrop the hourly estimate (10%, by 3 standard errors, 500 rows).",
             "percentunit", [
-                prom(f"model:modelmon_outcomes:accuracy_1h{{{SEL}}}", f"accuracy {MV}"),
+                prom(f"model:modelmon_outcomes:accuracy_1h{{{SEL}}}", f"realized {MV}"),
                 prom(f'max without(instance, pod, pid) (modelmon_reference_score{{{SEL}, metric="accuracy"}})',
-                     f"reference {MV}"),
-            ], overrides=(dashed("B", "text"),), links=(runbook("ModelmonQualityDrop"),), max=1),
+                     f"hold-out {MV}"),
+                prom(f"model:modelmon_estimated:accuracy_1h{{{SEL}}}", f"estimated {MV}"),
+            ], overrides=(dashed("B", "text"),),
+            links=(runbook("ModelmonQualityDrop"), runbook("ModelmonEstimatedQualityDrop")), max=1),
         timeseries(
             "Mean absolute error vs reference (1h)",
             "Mean absolute error of joined labels over the hour before each point, in the output's own "

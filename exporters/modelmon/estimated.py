@@ -59,22 +59,25 @@ class Estimator:
         if j is None:
             s[INVALID] += 1
             return
-        if self.k == 2:
-            try:
-                if isinstance(probabilities, Mapping):
-                    q, qn = probabilities[self.pos_name], probabilities[self.neg_name]
-                else:
-                    q, qn = probabilities[self.pos], probabilities[self.neg]
-                usable = 0.0 <= q <= 1.0 and 0.0 <= qn <= 1.0 and LOW <= q + qn - 1.0 <= HIGH
-            except (KeyError, IndexError, TypeError, ValueError):  # keyed otherwise (1 for "1"), or not at all
-                self._add_general(j, probabilities)
-                return
-            if not usable:
+        if self.k != 2:
+            self._add_general(j, probabilities)
+            return
+        # the binary fast path: a dict keyed by the class names, or a tuple or list in class order
+        kind = type(probabilities)
+        try:
+            if kind is dict:
+                q, qn = probabilities[self.pos_name], probabilities[self.neg_name]
+            elif kind is tuple or kind is list:
+                q, qn = probabilities[self.pos], probabilities[self.neg]
+            else:
+                raise TypeError
+            if not (0.0 <= q <= 1.0 and 0.0 <= qn <= 1.0 and LOW <= q + qn - 1.0 <= HIGH):
                 s[INVALID] += 1
                 return
-            self._add_binary(j, interpolate(self.x, self.y, q))
+        except (KeyError, IndexError, TypeError, ValueError):  # keyed otherwise (1 for "1"), an array, or unusable
+            self._add_general(j, probabilities)
             return
-        self._add_general(j, probabilities)
+        self._add_binary(j, interpolate(self.x, self.y, q))
 
     def _add_binary(self, j: int, q: float) -> None:
         s = self.sums
