@@ -244,9 +244,9 @@ class Service:
         deadline = time.monotonic() + 30
         while True:
             try:
-                requests.get(self.url + "/healthz", timeout=1)
+                requests.get(self.url + "/healthz", timeout=2)
                 return
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or a worker still booting
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.stop()
                     pytest.fail(f"{name} did not start:\n" + self.log_path.read_text())
@@ -366,3 +366,27 @@ def test_two_services_share_delayed_labels_through_redis_and_survive_its_restart
             if service is not None:
                 service.stop()
         redis_server.stop()
+
+
+def test_an_error_answer_is_counted_but_does_not_stop_the_other_labels(reference, redis_server):
+    store = RedisOutcomeStore(redis_server.url + "?prefix=wrongtype")
+    monitor, registry = monitor_on(reference, store)
+    redis_server.client().hset("wrongtype:house:foreign", "field", "value")  # a key someone else wrote
+    monitor.observe(ROW, 300.0, prediction_id="mine")
+    store.sync()
+    assert not monitor.record_outcome("foreign", 300.0)  # WRONGTYPE: an answer, not an outage
+    assert outcome_errors(registry) == 1
+    assert monitor.record_outcome("mine", 300.0)  # at once: no fail-fast window for an answer
+
+
+def test_many_threads_take_labels_at_once(reference, redis_server):
+    import concurrent.futures
+
+    store = RedisOutcomeStore(redis_server.url + "?prefix=threads")
+    monitor, registry = monitor_on(reference, store)
+    for i in range(640):
+        monitor.observe(ROW, 300.0, prediction_id=f"t{i}")
+    store.sync()
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        joined = list(pool.map(lambda i: monitor.record_outcome(f"t{i}", 300.0), range(640)))
+    assert all(joined) and outcome_errors(registry) == 0

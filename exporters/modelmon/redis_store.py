@@ -157,7 +157,7 @@ class RedisOutcomeStore:
                 client = redis.Redis.from_url(
                     self._base_url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
                     retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0,
-                    client_name="modelmon", max_connections=8,
+                    client_name="modelmon",
                 )
             except (ValueError, TypeError) as exc:
                 raise ValueError(f"outcome store {self.safe_url}: {type(exc).__name__}; {EXPECTED}") from None
@@ -219,7 +219,8 @@ class RedisOutcomeStore:
                 self._failures = 0
             except Exception as exc:  # down, slow, out of memory: keep the queue, count, back off
                 self._failures += 1
-                self._down_until = time.monotonic() + self.FAIL_FAST_SECONDS
+                if _unreachable(exc):
+                    self._down_until = time.monotonic() + self.FAIL_FAST_SECONDS
                 self.on_error(exc)
 
     def write_pending(self) -> None:
@@ -291,8 +292,9 @@ class RedisOutcomeStore:
             raw = client.get(key)
             if raw is None or not client.delete(key):
                 return None
-        except Exception:
-            self._down_until = time.monotonic() + self.FAIL_FAST_SECONDS
+        except Exception as exc:
+            if _unreachable(exc):  # not for an answer Redis gave (out of memory, a foreign key)
+                self._down_until = time.monotonic() + self.FAIL_FAST_SECONDS
             raise
         version, value = json.loads(raw)
         return version, value
@@ -317,6 +319,13 @@ class RedisOutcomeStore:
 
     def __repr__(self) -> str:
         return f"RedisOutcomeStore({self.safe_url!r})"
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Redis did not answer in time, or could not be reached (rather than answering with an error)."""
+    import redis.exceptions
+
+    return isinstance(exc, (OSError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError))
 
 
 _stores: "weakref.WeakSet[RedisOutcomeStore]" = weakref.WeakSet()
