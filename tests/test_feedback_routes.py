@@ -322,6 +322,47 @@ def test_gunicorn_master_serves_metrics_off_the_public_port(tmp_path, reference_
         server.stop()
 
 
+def test_gunicorn_master_serving_metrics_still_replaces_dead_workers(tmp_path, reference_path):
+    """A fork while the master's metrics thread holds the directory's lock used to hand the
+    lock to the new worker for its life: the master's next fold, in child_exit, then hung
+    (the first SIGKILLed worker was never replaced). Forks now wait for the lock."""
+    import threading
+
+    metrics_port = free_port()
+    server = Server("gunicorn", tmp_path, reference_path, workers=2, env={"METRICS_OFF_APP": "1"},
+                    conf=f"from modelmon.gunicorn import serve_metrics\nwhen_ready = serve_metrics({metrics_port})\n")
+    stop, scrapes, failures = threading.Event(), [0], []
+
+    def scraper() -> None:
+        while not stop.is_set():
+            try:
+                requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).raise_for_status()
+                scrapes[0] += 1
+            except requests.RequestException as exc:
+                failures.append(exc)
+                return
+
+    def workers() -> set[int]:
+        return {int(pid) for pid in Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text().split()}
+
+    threads = [threading.Thread(target=scraper) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        for kill in range(30):
+            victim = min(workers())
+            os.kill(victim, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while not (victim not in (now := workers()) and len(now) == 2):
+                assert time.monotonic() < deadline, f"kill {kill}: worker {victim} not replaced in 10 s: {now}"
+                time.sleep(0.05)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        server.stop()
+    assert not failures and scrapes[0] > 30, (scrapes, failures[:1])
+
 def test_uvicorn_serves_metrics_off_the_public_port(tmp_path, reference_path):
     metrics_port = free_port()
     server = Server("uvicorn", tmp_path, reference_path, env={"METRICS_OFF_APP": "1", "METRICS_PORT": str(metrics_port)})

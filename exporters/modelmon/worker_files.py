@@ -29,6 +29,7 @@ import fcntl
 import json
 import os
 import re
+import threading
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 
@@ -41,6 +42,33 @@ _NEW = ".new"  # aggregates being written; outside the client's *.db glob
 _WORKER_FILE = re.compile(r"^(?P<kind>counter|histogram|summary|gauge_[a-z]+)_(?P<owner>\d+|folded)\.db$")
 _SUMMED = ("counter", "histogram", "summary", "gauge_sum")
 _COMBINED = {"gauge_min": min, "gauge_max": max}
+
+
+# A flock belongs to the open file, which a fork shares with the child: a worker forked
+# while a thread of its parent holds the lock (a scrape served by gunicorn's master,
+# modelmon.gunicorn.serve_metrics) would hold it for its whole life, and the master's next
+# fold would wait for that worker to exit. So a fork waits until no thread of this process
+# holds the lock, and no thread takes it during a fork.
+_fork_guard = threading.RLock()
+
+
+def _new_fork_guard() -> None:
+    global _fork_guard
+    _fork_guard = threading.RLock()
+
+
+os.register_at_fork(before=lambda: _fork_guard.acquire(), after_in_parent=lambda: _fork_guard.release(),
+                    after_in_child=_new_fork_guard)
+
+
+def _has_header(path: str) -> bool:
+    """Whether a metrics file has its header yet. prometheus-client creates a worker's file,
+    then sizes it: a scrape in between (a worker starting) finds it empty, with no values,
+    and the client's reader fails on it."""
+    try:
+        return os.stat(path).st_size >= 8
+    except FileNotFoundError:
+        return False
 
 
 def pid_alive(pid: int) -> bool:
@@ -67,12 +95,13 @@ class MetricsDirectory:
 
     @contextmanager
     def _locked(self, mode: int) -> Iterator[int]:
-        fd = os.open(self._join(LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, mode)
-            yield fd
-        finally:
-            os.close(fd)  # releases the lock
+        with _fork_guard:  # no fork while the lock's file is open here (see above)
+            fd = os.open(self._join(LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, mode)
+                yield fd
+            finally:
+                os.close(fd)  # releases the lock
 
     def dead_worker_files(self, names: Iterable[str]) -> list[str]:
         """The names of worker files whose process is gone."""
@@ -108,7 +137,8 @@ class MetricsDirectory:
                     on_error(exc)
                 fcntl.flock(fd, fcntl.LOCK_SH)
                 names = os.listdir(self.path)
-            yield [self._join(name) for name in sorted(names) if name.endswith(".db")]
+            yield [path for path in (self._join(name) for name in sorted(names) if name.endswith(".db"))
+                   if _has_header(path)]
 
     def fold_dead_workers(self) -> int:
         """Fold the files of every dead worker into the aggregates; returns how many files went."""
@@ -155,8 +185,9 @@ class MetricsDirectory:
         merged: dict[str, tuple[float, float]] = {}
         combine = _COMBINED.get(kind)
         for name in names:
+            path = self._join(name)
             try:
-                values = MmapedDict.read_all_values_from_file(self._join(name))
+                values = MmapedDict.read_all_values_from_file(path) if _has_header(path) else []
             except FileNotFoundError:  # no aggregate yet
                 continue
             for key, value, timestamp, _ in values:
