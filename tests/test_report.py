@@ -432,3 +432,9 @@ def test_reads_the_same_events_from_elasticsearch(setup, es, elastic, tmp_path, 
     assert not [t for t in threading.enumerate() if t.name.startswith("modelmon-es-slice")]
     assert list(event_source.read_elasticsearch(elastic.url, None, event_source.EventStats(),
                                                 "logs-modelmon.none-*")) == []
+    # only the fields asked for (the report asks for what it reads), dotted names included
+    some = event_source.read_elasticsearch(elastic.url, None, event_source.EventStats(), stream,
+                                           fields=["modelmon.inputs", "event.id"])
+    first = next(some)
+    some.close()
+    assert set(first) == {"modelmon.inputs", "event.id"} and set(first["modelmon.inputs"]) == {"area", "rooms", "city"}

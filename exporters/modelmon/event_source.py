@@ -216,7 +216,7 @@ ES_KEEP_ALIVE = "5m"
 
 
 def _read_slice(client: Any, pit: str, query: dict[str, Any], slice_id: int, slices: int, out: Any,
-                stop: Any) -> None:
+                stop: Any, fields: list[str] | None) -> None:
     """One slice of the point in time, page by page (search_after on _shard_doc), into ``out``."""
     search_after = None
     try:
@@ -227,6 +227,8 @@ def _read_slice(client: Any, pit: str, query: dict[str, Any], slice_id: int, sli
                 body["slice"] = {"id": slice_id, "max": slices}
             if search_after is not None:
                 body["search_after"] = search_after
+            if fields is not None:
+                body["source"] = {"includes": fields}
             hits = client.search(**body, filter_path="hits.hits._source,hits.hits.sort").get("hits", {}).get("hits", [])
             if not hits:
                 break
@@ -240,7 +242,8 @@ def _read_slice(client: Any, pit: str, query: dict[str, Any], slice_id: int, sli
 
 
 def read_elasticsearch(url: str, since: datetime | None, stats: EventStats,
-                       index: str = DATA_STREAMS, slices: int | None = None) -> Iterator[dict[str, Any]]:
+                       index: str = DATA_STREAMS, slices: int | None = None,
+                       fields: list[str] | None = None) -> Iterator[dict[str, Any]]:
     """Every event of the prediction data streams, in no particular order: a point in time
     read in ``slices`` parallel slices, each paged with search_after, at most a few pages
     held at a time."""
@@ -264,7 +267,8 @@ def read_elasticsearch(url: str, since: datetime | None, stats: EventStats,
             pit = client.open_point_in_time(index=index, keep_alive=ES_KEEP_ALIVE, ignore_unavailable=True)["id"]
         except NotFoundError:
             return
-        threads = [threading.Thread(target=_read_slice, args=(client, pit, query, i, slices, pages, stop),
+        threads = [threading.Thread(target=_read_slice,
+                                    args=(client, pit, query, i, slices, pages, stop, fields),
                                     daemon=True, name=f"modelmon-es-slice-{i}") for i in range(slices)]
         for thread in threads:
             thread.start()
@@ -300,10 +304,10 @@ def read_elasticsearch(url: str, since: datetime | None, stats: EventStats,
 
 
 def read_events(source: str, *, since: datetime | None = None, stats: EventStats | None = None,
-                index: str = DATA_STREAMS) -> Iterator[dict[str, Any]]:
+                index: str = DATA_STREAMS, fields: list[str] | None = None) -> Iterator[dict[str, Any]]:
     """Events from an event file, a directory of them, or an Elasticsearch URL (``index``:
-    the data streams to read there)."""
+    the data streams to read there; ``fields``: only these of each event's source, there)."""
     stats = stats if stats is not None else EventStats()
     if is_url(source):
-        return read_elasticsearch(source, since, stats, index)
+        return read_elasticsearch(source, since, stats, index, fields=fields)
     return read_files(Path(source), since, stats)
