@@ -304,10 +304,12 @@ def read_elasticsearch(url: str, since: datetime | None, stats: EventStats,
 
 
 def read_events(source: str, *, since: datetime | None = None, stats: EventStats | None = None,
-                index: str = DATA_STREAMS, fields: list[str] | None = None) -> Iterator[dict[str, Any]]:
+                index: str = DATA_STREAMS, fields: list[str] | None = None,
+                slices: int | None = None) -> Iterator[dict[str, Any]]:
     """Events from an event file, a directory of them, or an Elasticsearch URL (``index``:
-    the data streams to read there; ``fields``: only these of each event's source, there)."""
+    the data streams to read there; ``fields``: only these of each event's source, there;
+    ``slices``: parallel slices, default ``ES_SLICES``)."""
     stats = stats if stats is not None else EventStats()
     if is_url(source):
-        return read_elasticsearch(source, since, stats, index, fields=fields)
+        return read_elasticsearch(source, since, stats, index, slices, fields=fields)
     return read_files(Path(source), since, stats)

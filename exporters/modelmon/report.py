@@ -536,7 +536,8 @@ def run(args: argparse.Namespace) -> int:
     stats = EventStats()
     # from Elasticsearch, only the fields the report reads (half the bytes of a whole event)
     fields = [*REPORT_FIELDS, args.segment] if args.segment else list(REPORT_FIELDS)
-    events = read_events(args.events, since=parse_since(args.since), stats=stats, index=args.es_index, fields=fields)
+    events = read_events(args.events, since=parse_since(args.since), stats=stats, index=args.es_index, fields=fields,
+                         slices=args.es_slices)
     live = Live(reference, args.segment or VERSION_FIELD, sample_size=args.sample_size,
                 max_segments=args.max_segments)
     progress = Progress(stats) if sys.stderr.isatty() else None
@@ -633,6 +634,8 @@ def add_parser(commands: Any) -> None:
     p.add_argument("--segment", help=f"event field to compare groups by (default: {VERSION_FIELD}); "
                                      "e.g. labels.region or an input feature")
     add_source_arguments(p)
+    p.add_argument("--es-slices", type=int, help="parallel slices of the Elasticsearch point in time (default 4; "
+                                                 "1 when the client and the cluster share few cores)")
     p.add_argument("--sample-size", type=int, default=SAMPLE_SIZE,
                    help=f"live rows kept, a uniform sample, for the raw-value tests (default {SAMPLE_SIZE:,})")
     p.add_argument("--max-segments", type=int, default=MAX_SEGMENTS,
