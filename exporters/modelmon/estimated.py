@@ -11,6 +11,7 @@ Nothing here raises: unusable probabilities count in ``modelmon_estimated_invali
 """
 from __future__ import annotations
 
+from bisect import bisect_right
 from typing import Any, Mapping
 
 import numpy as np
@@ -18,9 +19,13 @@ import numpy as np
 from .bins import category_key
 from .calibration import TOLERANCE, Calibration, interpolate
 
-# Slots of the running sums: the same for every model, then the model's cells.
-ROWS, CORRECT, VARIANCE, INVALID = range(4)
-TP, FP, FN, TN, POSITIVE_VARIANCE = range(4, 9)  # binary models
+# The running sums. Binary models keep, per side of the prediction, the rows, the sum of the
+# calibrated positive probability q and the sum of q (1 - q): three additions a row, from which
+# flush derives every counter (tp = sum q over rows predicted positive, fp = their rows - tp, ...).
+INVALID = 0
+POS_ROWS, POS_Q, POS_VARIANCE, NEG_ROWS, NEG_Q, NEG_VARIANCE = range(1, 7)
+# Multiclass models: rows, expected correct, its variance, then the k x k expected confusion.
+ROWS, CORRECT, VARIANCE = 1, 2, 3
 CELLS = ("tp", "fp", "fn", "tn")
 LOW, HIGH = -TOLERANCE, TOLERANCE
 
@@ -40,15 +45,26 @@ class Estimator:
             self.neg = 1 - self.pos
             self.pos_name, self.neg_name = c.classes[self.pos], c.classes[self.neg]
             self.x, self.y = c.maps[c.positive]
+            self.last = len(self.x)
             children += [metrics["estimated_confusion"].labels(*labels, cell) for cell in CELLS]
             children.append(metrics["estimated_positive_variance"].labels(*labels))
+            self.sums: list[float] = [0.0] * 7
         else:
             self.maps = [c.maps[name] for name in c.classes]
             children += [metrics["estimated_class_confusion"].labels(*labels, p, a)
                          for p in c.classes for a in c.classes]
+            self.sums = [0.0] * (4 + self.k * self.k)
         self.children = children
-        self.sums: list[float] = [0.0] * len(children)
-        self.done = self.sums[:]
+        self.done = self.totals(self.sums)
+
+    def totals(self, sums: list[float]) -> list[float]:
+        """The counters' values (in the order of ``children``) from a copy of the running sums."""
+        if self.k == 2:
+            tp, fn = sums[POS_Q], sums[NEG_Q]
+            fp, tn = sums[POS_ROWS] - tp, sums[NEG_ROWS] - fn
+            return [sums[POS_ROWS] + sums[NEG_ROWS], tp + tn, sums[POS_VARIANCE] + sums[NEG_VARIANCE],
+                    sums[INVALID], tp, fp, fn, tn, sums[POS_VARIANCE]]
+        return [sums[ROWS], sums[CORRECT], sums[VARIANCE], sums[INVALID], *sums[4:]]
 
     # -- one row (called under the monitor's lock) -------------------------------
 
@@ -77,23 +93,34 @@ class Estimator:
         except (KeyError, IndexError, TypeError, ValueError):  # keyed otherwise (1 for "1"), an array, or unusable
             self._add_general(j, probabilities)
             return
-        self._add_binary(j, interpolate(self.x, self.y, q))
+        x, y = self.x, self.y  # interpolate(), inlined
+        i = bisect_right(x, q)
+        if i == 0:
+            q = y[0]
+        elif i == self.last:
+            q = y[-1]
+        else:
+            x0, y0 = x[i - 1], y[i - 1]
+            q = y0 + (y[i] - y0) * (q - x0) / (x[i] - x0)
+        if j == self.pos:
+            s[POS_ROWS] += 1
+            s[POS_Q] += q
+            s[POS_VARIANCE] += q * (1.0 - q)
+        else:
+            s[NEG_ROWS] += 1
+            s[NEG_Q] += q
+            s[NEG_VARIANCE] += q * (1.0 - q)
 
     def _add_binary(self, j: int, q: float) -> None:
         s = self.sums
         if j == self.pos:
-            v = q * (1.0 - q)
-            s[TP] += q
-            s[FP] += 1.0 - q
-            s[POSITIVE_VARIANCE] += v
-            s[CORRECT] += q
+            s[POS_ROWS] += 1
+            s[POS_Q] += q
+            s[POS_VARIANCE] += q * (1.0 - q)
         else:
-            v = q * (1.0 - q)
-            s[FN] += q
-            s[TN] += 1.0 - q
-            s[CORRECT] += 1.0 - q
-        s[ROWS] += 1
-        s[VARIANCE] += v
+            s[NEG_ROWS] += 1
+            s[NEG_Q] += q
+            s[NEG_VARIANCE] += q * (1.0 - q)
 
     def _rekeyed(self, probabilities: Any) -> list[float] | None:
         """Probabilities in the class order, from a mapping (keys as the classes are keyed) or a
@@ -151,22 +178,20 @@ class Estimator:
         if m == 0:
             return delta
         j, cal = j[usable], self.calibration.calibrate(p[usable])
-        c = cal[np.arange(m), j]
-        v = c * (1.0 - c)
-        delta[ROWS], delta[CORRECT], delta[VARIANCE] = m, float(c.sum()), float(v.sum())
         if self.k == 2:
             q = cal[:, self.pos]
-            predicted_positive = j == self.pos
-            delta[TP] = float(q[predicted_positive].sum())
-            delta[FP] = float((1.0 - q[predicted_positive]).sum())
-            delta[FN] = float(q[~predicted_positive].sum())
-            delta[TN] = float((1.0 - q[~predicted_positive]).sum())
-            delta[POSITIVE_VARIANCE] = float(v[predicted_positive].sum())
-        else:
-            for a in range(self.k):  # column a of the expected confusion, by predicted class
-                column = np.bincount(j, weights=cal[:, a], minlength=self.k)
-                for pi in range(self.k):
-                    delta[4 + pi * self.k + a] = float(column[pi])
+            v = q * (1.0 - q)
+            positive = j == self.pos
+            delta[POS_ROWS], delta[NEG_ROWS] = int(positive.sum()), int(m - positive.sum())
+            delta[POS_Q], delta[NEG_Q] = float(q[positive].sum()), float(q[~positive].sum())
+            delta[POS_VARIANCE], delta[NEG_VARIANCE] = float(v[positive].sum()), float(v[~positive].sum())
+            return delta
+        c = cal[np.arange(m), j]
+        delta[ROWS], delta[CORRECT], delta[VARIANCE] = m, float(c.sum()), float((c * (1.0 - c)).sum())
+        for a in range(self.k):  # column a of the expected confusion, by predicted class
+            column = np.bincount(j, weights=cal[:, a], minlength=self.k)
+            for pi in range(self.k):
+                delta[4 + pi * self.k + a] = float(column[pi])
         return delta
 
     def _predicted(self, predictions: Any, n: int) -> np.ndarray | None:
@@ -205,11 +230,11 @@ class Estimator:
     def flush(self, sums: list[float]) -> None:
         """Fold ``sums`` (a copy taken under the lock) into the counters."""
         done = self.done
-        for i, (child, new) in enumerate(zip(self.children, sums)):
+        for i, (child, new) in enumerate(zip(self.children, self.totals(sums))):
             if new != done[i]:
                 if new > done[i]:
                     child.inc(new - done[i])
                 done[i] = new
 
     def mark_flushed(self) -> None:
-        self.done = self.sums[:]
+        self.done = self.totals(self.sums)
