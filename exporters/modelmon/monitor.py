@@ -181,7 +181,10 @@ class ModelMonitor:
                 slots = self._observe_features(features)
                 out_slots = self._observe_prediction(prediction) if self._outputs else []
                 if probabilities is not None:
-                    self._estimate(prediction, probabilities)
+                    if type(prediction) is str and self._estimator is not None:  # the common case, fast
+                        self._estimator.add(prediction, probabilities)
+                    else:
+                        self._estimate(prediction, probabilities)
             if prediction_id is not None and self._tracker is not None:
                 primary = prediction.get(self._tracker_output) if isinstance(prediction, Mapping) else prediction
                 self._tracker.remember(prediction_id, primary)
