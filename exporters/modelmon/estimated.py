@@ -126,7 +126,13 @@ class Estimator:
         """Probabilities in the class order, from a mapping (keys as the classes are keyed) or a
         sequence; None if unusable."""
         try:
-            if isinstance(probabilities, Mapping):
+            if type(probabilities) is dict:
+                try:  # keyed by the class names, as usual
+                    p = [float(probabilities[name]) for name in self.classes]
+                except KeyError:
+                    by_key = {category_key(k): v for k, v in probabilities.items()}
+                    p = [float(by_key[name]) for name in self.classes]
+            elif isinstance(probabilities, Mapping):
                 by_key = {category_key(k): v for k, v in probabilities.items()}
                 p = [float(by_key[name]) for name in self.classes]
             else:
@@ -155,8 +161,9 @@ class Estimator:
         s[CORRECT] += c
         s[VARIANCE] += c * (1.0 - c)
         base = 4 + j * self.k
-        for a, value in enumerate(calibrated):
-            s[base + a] += value / total
+        scale = 1.0 / total
+        for a in range(self.k):
+            s[base + a] += calibrated[a] * scale
         return True
 
     # -- a batch (computed outside the lock, added under it) ----------------------
