@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from conftest import training_frame
 from prometheus_client import CollectorRegistry
 
@@ -29,6 +30,19 @@ from servers import LINES, free_port, start_prometheus
 REPO = Path(__file__).resolve().parents[1]
 RULE_FILES = [REPO / "prometheus" / "rules" / name for name in ("features.rules.yml", "predictions.rules.yml")]
 ROWS = 3000
+SECONDS = {"s": 1, "m": 60, "h": 3600}
+
+
+def rule_interval() -> float:
+    """The longest evaluation interval a rule group of these files sets (1 s, the global
+    one here, if none does). Rules that tile minutes (``interval: 1m``) need the counters'
+    zeros scraped a whole interval before the rows, and an evaluation takes that long to come."""
+    longest = 1.0
+    for path in RULE_FILES:
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            text = str(group.get("interval", "1s"))
+            longest = max(longest, float(text[:-1]) * SECONDS[text[-1]])
+    return longest
 
 
 def recorded(prom, record: str, label: str, name: str, after: float) -> tuple[float, float] | None:
@@ -41,7 +55,7 @@ def recorded(prom, record: str, label: str, name: str, after: float) -> tuple[fl
     return (float(value[0]["value"][1]), at) if value else None
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("line", LINES)
 def test_psi_from_prometheus_equals_the_recording_rules(tmp_path, capsys, line):
     training = training_frame(4000, seed=1)
@@ -60,6 +74,9 @@ def test_psi_from_prometheus_equals_the_recording_rules(tmp_path, capsys, line):
         with start_prometheus(config, RULE_FILES, line=line) as prom:
             # every bin's counter is scraped at 0 before any row: increase() counts them all
             prom.wait_for('modelmon_feature_bin_total{feature="area", bin="__missing__"} == 0', timeout=30)
+            interval = rule_interval()
+            if interval > 1:
+                time.sleep(interval + 5)
             rng = np.random.default_rng(5)
             live = training_frame(ROWS, seed=2)
             area = live["area"] + 10.0
@@ -80,7 +97,8 @@ def test_psi_from_prometheus_equals_the_recording_rules(tmp_path, capsys, line):
                                         ("rooms", "model_feature:modelmon_feature_bin:psi_1h", "feature"),
                                         ("city", "model_feature:modelmon_feature_bin:psi_1h", "feature"),
                                         ("price", "model_output:modelmon_prediction_bin:psi_1h", "output")):
-                psi[name] = prom.wait_for(lambda p: recorded(p, record, label, name, scraped + 2), timeout=30)
+                psi[name] = prom.wait_for(lambda p: recorded(p, record, label, name, scraped + 2),
+                                          timeout=2 * interval + 30)
             at = psi["area"][1]
             missing = recorded(prom, "model_feature:modelmon_feature_bin:missing_share_1h", "feature", "area", at - 1)
             code = main(["report", "--reference", str(tmp_path / "reference.yaml"), "--prometheus", prom.url,
