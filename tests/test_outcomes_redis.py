@@ -222,7 +222,7 @@ def test_a_batch_of_labels_waits_for_one_timeout_not_one_per_label(reference, re
 
 
 class Service:
-    """gunicorn serving tests/fixtures/redis_outcomes_app.py with its own directory: a host."""
+    """gunicorn serving tests/fixtures/feedback_flask_app.py with its own directory: a host."""
 
     def __init__(self, name: str, root: Path, reference_path: Path, outcomes: str, workers: int = 2):
         home = root / name
@@ -240,7 +240,7 @@ class Service:
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", str(config), "-w", str(workers), "-b", f"127.0.0.1:{self.port}",
-             "redis_outcomes_app:app"], cwd=home, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+             "feedback_flask_app:app"], cwd=home, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while True:
             try:
