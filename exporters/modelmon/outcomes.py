@@ -39,7 +39,27 @@ CREATE INDEX IF NOT EXISTS predictions_at ON predictions (at);
 """
 
 
-class OutcomeStore:
+class DroppedCounts:
+    """Predictions a store dropped unlabelled (expired, evicted), per (model, version).
+
+    For stores with a ``_lock`` and a ``_dropped`` dict, which ``take_dropped`` empties.
+    """
+
+    _lock: threading.Lock
+    _dropped: dict[tuple[str, str], int]
+
+    def _count_dropped(self, model_versions: Iterable[tuple[str, str]]) -> None:
+        for key in model_versions:
+            self._dropped[key] = self._dropped.get(key, 0) + 1
+
+    def take_dropped(self) -> dict[tuple[str, str], int]:
+        """Predictions dropped unlabelled since the last call, per (model, version)."""
+        with self._lock:
+            dropped, self._dropped = self._dropped, {}
+        return dropped
+
+
+class OutcomeStore(DroppedCounts):
     """Predictions awaiting a label, keyed by (model, prediction id).
 
     The hot path only appends to a queue; a background thread writes the queue to
@@ -181,16 +201,6 @@ class OutcomeStore:
                                   (now - self.ttl_seconds,)).fetchall()
             self._rows -= len(rows)
             self._count_dropped(map(tuple, rows))
-
-    def _count_dropped(self, model_versions: Iterable[tuple[str, str]]) -> None:
-        for key in model_versions:
-            self._dropped[key] = self._dropped.get(key, 0) + 1
-
-    def take_dropped(self) -> dict[tuple[str, str], int]:
-        """Predictions dropped unlabelled since the last call, per (model, version)."""
-        with self._lock:
-            dropped, self._dropped = self._dropped, {}
-        return dropped
 
     @staticmethod
     def _drop_oldest(db: sqlite3.Connection, n: int) -> list[tuple[str, str]]:

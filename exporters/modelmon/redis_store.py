@@ -33,7 +33,7 @@ from collections import deque
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
-from .outcomes import DEFAULT_TTL_SECONDS
+from .outcomes import DEFAULT_TTL_SECONDS, DroppedCounts
 
 SCHEMES = ("redis", "rediss", "unix")
 DEFAULT_TIMEOUT_SECONDS = 0.25
@@ -61,7 +61,7 @@ def _secret(name: str) -> bool:
     return any(word in name.lower() for word in ("pass", "secret", "token", "user", "auth"))
 
 
-class RedisOutcomeStore:
+class RedisOutcomeStore(DroppedCounts):
     """Predictions awaiting a label in Redis, keyed by (model, prediction id).
 
     One key per prediction, ``<prefix>:<model>:<id>`` (``:`` and ``%`` in the model name
@@ -298,16 +298,6 @@ class RedisOutcomeStore:
             raise
         version, value = json.loads(raw)
         return version, value
-
-    def _count_dropped(self, model_versions: Iterable[tuple[str, str]]) -> None:
-        for key in model_versions:
-            self._dropped[key] = self._dropped.get(key, 0) + 1
-
-    def take_dropped(self) -> dict[tuple[str, str], int]:
-        """Predictions that expired in this process's queue since the last call, per (model, version)."""
-        with self._lock:
-            dropped, self._dropped = self._dropped, {}
-        return dropped
 
     def pending(self) -> int:
         """Predictions queued in this process, not yet in Redis."""
