@@ -35,7 +35,7 @@ def start_gunicorn(tmp_path: Path, reference_path: Path) -> tuple[subprocess.Pop
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", str(config), "-w", "3", "-b", f"127.0.0.1:{port}",
-         "gunicorn_app:app"],
+         "feedback_flask_app:app"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
@@ -91,7 +91,7 @@ def test_scraped_counters_are_the_sum_over_workers(gunicorn):
     pids = set()
     for i in range(REQUESTS):
         response = post(url, "/predict", {"area": 80.0 + i % 50, "rooms": 3.0, "city": "lyon"})
-        pids.add(response.json()["pid"])
+        pids.add(int(response.headers["X-Worker-Pid"]))
     assert len(pids) >= 2, "all requests went to one worker; the test proves nothing"
     time.sleep(1.0)  # > MODELMON_FLUSH_INTERVAL: every worker has folded its counts
     samples = scrape(url)
