@@ -110,15 +110,22 @@ class Process:
 
     def stop(self) -> None:
         """SIGTERM the process group, SIGKILL it after 20 seconds."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, 20, group=True)
 
+
+
+def stop_process(proc: subprocess.Popen, timeout: float, group: bool = False) -> None:
+    """SIGTERM a running process (or its process group), SIGKILL it after ``timeout`` seconds."""
+    if proc.poll() is not None:
+        return
+    send = (lambda sig: os.killpg(proc.pid, sig)) if group else proc.send_signal
+    send(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        send(signal.SIGKILL)
+        proc.wait()
 
 @dataclass
 class Elasticsearch:

@@ -6,7 +6,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from demo.native import free_port  # noqa: F401 (shared with the tests)
+from demo.native import free_port, stop_process  # noqa: F401 (shared with the tests)
 from modelmon import ModelMonitor, Reference
 
 

@@ -27,7 +27,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import free_port
+from conftest import free_port, stop_process
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TOKEN = "s3cr3t-feedback-token-0123456789abcdef"
@@ -77,13 +77,7 @@ class Server:
         return requests.get(self.url + "/healthz", headers={"Connection": "close"}, timeout=5).json()["pid"]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 30)
         self.log.close()
 
 

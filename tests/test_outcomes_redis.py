@@ -11,7 +11,6 @@ on one, labels posted to the other, and Redis paused, stopped and restarted in t
 from __future__ import annotations
 
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import requests
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import free_port, scrape, total, value
+from conftest import free_port, scrape, stop_process, total, value
 from modelmon import ModelMonitor
 from modelmon.outcomes import OutcomeStore
 from modelmon.redis_store import RedisOutcomeStore
@@ -271,13 +270,7 @@ class Service:
                 for family in text_string_to_metric_families(text) for s in family.samples}
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 30)
         self.log.close()
 
 

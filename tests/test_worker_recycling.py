@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import free_port
+from conftest import free_port, stop_process
 from modelmon.reference import Reference
 from modelmon.worker_files import MetricsDirectory
 
@@ -116,12 +116,7 @@ class Server:
         return sorted(p.name for p in self.dir.glob("*.db"))
 
     def stop(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        stop_process(self.proc, 30, group=True)
         self.log.close()
 
 
