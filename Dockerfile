@@ -18,7 +18,7 @@ WORKDIR /app
 # gunicorn, requests) and elastic (the Elasticsearch client for ship and setup).
 # README.md is read by the package metadata (pyproject.toml `readme`); elk/ holds the
 # Elasticsearch/Kibana assets the package carries for `modelmon setup` (through the
-# symlink exporters/modelmon/elk, so it is copied first).
+# symlink exporters/modelmon/pipeline/elk, so it is copied first).
 COPY pyproject.toml README.md ./
 COPY elk ./elk
 COPY exporters ./exporters

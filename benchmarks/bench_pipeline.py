@@ -29,7 +29,7 @@ from benchmarks.common import (
     ROOT, arguments, free_port, mib, proc_status, rows_of, table, target, training_data, write_result,
 )
 from modelmon import ModelMonitor, Reference
-from modelmon.events import EventLog
+from modelmon.pipeline.events import EventLog
 
 SCRIPT = ROOT / "scripts" / "elasticsearch.sh"
 
@@ -62,8 +62,8 @@ def start_shipper(events: Path, url: str, namespace: str, port: int, log: Path) 
 def run(url: str, count: int, work: Path) -> dict:
     from elasticsearch import Elasticsearch
 
-    from modelmon.elk_setup import DEFAULT_ASSETS, install_elasticsearch
-    from modelmon.shipper import data_stream
+    from modelmon.pipeline.elk_setup import DEFAULT_ASSETS, install_elasticsearch
+    from modelmon.pipeline.shipper import data_stream
 
     es = Elasticsearch(url, request_timeout=60)
     install_elasticsearch(es, DEFAULT_ASSETS)

@@ -30,8 +30,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from benchmarks.common import ROOT, arguments, free_port, mib, table, target, write_result
-from modelmon.reference import Reference
-from modelmon.worker_files import MetricsDirectory
+from modelmon.serving.reference import Reference
+from modelmon.serving.worker_files import MetricsDirectory
 
 FEATURES = [f"x{i:02d}" for i in range(40)]
 HOOKS = {

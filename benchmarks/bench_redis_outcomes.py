@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from benchmarks.common import arguments, free_port, rows_of, table, target, training_data, write_result
 from modelmon import ModelMonitor, Reference
-from modelmon.redis_store import RedisOutcomeStore
+from modelmon.serving.redis_store import RedisOutcomeStore
 
 
 def start_redis(workdir: str, port: int) -> subprocess.Popen:

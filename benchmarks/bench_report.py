@@ -36,7 +36,7 @@ SHIFT = 0.2  # standard deviations
 RSS_TARGET_MB, RATE_TARGET = 400, 60_000
 RUNNER = """
 import sys, time
-from modelmon import event_source
+from modelmon.analysis import event_source
 from modelmon.cli import main
 for setting in sys.argv[1].split(","):
     if setting == "stdlib":
@@ -129,7 +129,7 @@ def run_report(reference: Path, training: Path, events: Path | str, out: Path, p
 
 
 def parse_rates(path: Path, lines: int = 50_000) -> dict[str, float]:
-    from modelmon import event_source
+    from modelmon.analysis import event_source
 
     with open(path, "rb") as handle:
         data = [next(handle) for _ in range(lines)]
@@ -154,7 +154,7 @@ def elasticsearch_runs(workdir: Path, reference: Path, training: Path, n: int) -
     from elastic import node  # the tests' node: scripts/elasticsearch.sh, on loopback
     from elasticsearch import Elasticsearch, helpers
 
-    from modelmon.elk_setup import DEFAULT_ASSETS, install_elasticsearch
+    from modelmon.pipeline.elk_setup import DEFAULT_ASSETS, install_elasticsearch
 
     es_node = node()
     try:

@@ -30,9 +30,9 @@ from elasticsearch import Elasticsearch
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.common import ROOT, arguments, free_port, mib, proc_status, table, target, write_result
-from modelmon.elk_setup import DEFAULT_ASSETS, install_elasticsearch
-from modelmon.events import EventLog
-from modelmon.shipper import Shipper, ShipperConfig
+from modelmon.pipeline.elk_setup import DEFAULT_ASSETS, install_elasticsearch
+from modelmon.pipeline.events import EventLog
+from modelmon.pipeline.shipper import Shipper, ShipperConfig
 
 SCRIPT = ROOT / "scripts" / "elasticsearch.sh"
 TARGET_RATE = 10_000  # events per second

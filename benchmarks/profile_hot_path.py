@@ -15,7 +15,7 @@ from pyinstrument import Profiler
 
 from benchmarks.common import rows_of, split, training_data
 from modelmon import ModelMonitor, Reference
-from modelmon.events import EventLog
+from modelmon.pipeline.events import EventLog
 
 
 def cases(events_dir: str) -> dict:

@@ -23,7 +23,7 @@ from flask import Flask, jsonify, request
 from threadpoolctl import threadpool_limits
 
 from modelmon import ModelMonitor
-from modelmon.events import EventLog
+from modelmon.pipeline.events import EventLog
 from modelmon.flask import add_feedback_route, instrument_app
 
 from .model import BUILD, FEATURES, MODEL, MODEL_PATH, NUMERIC, REFERENCE_PATH, VERSION

@@ -27,7 +27,7 @@ from typing import Callable
 import pandas as pd
 import requests
 
-from modelmon.feedback import resolve_token
+from modelmon.serving.feedback import resolve_token
 
 from .model import BUILD, DATA, FEATURES, TARGET
 

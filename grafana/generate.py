@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from modelmon.metrics import MEAN_SHIFT_MIN_EFFECT, NEGATIVE, POSITIVE, SIGN  # the package: run with .venv/bin/python
+from modelmon.serving.metrics import MEAN_SHIFT_MIN_EFFECT, NEGATIVE, POSITIVE, SIGN  # the package: run with .venv/bin/python
 
 OUT = Path(__file__).resolve().parent / "dashboards"
 SCHEMA_VERSION = 42

@@ -24,7 +24,7 @@ import pytest
 
 from demo import native
 from demo.native import free_port
-from modelmon.events import EventLog
+from modelmon.pipeline.events import EventLog
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "elasticsearch.sh"
@@ -98,7 +98,7 @@ def es(elastic):
     """A client of the session's node with the modelmon templates installed."""
     from elasticsearch import Elasticsearch
 
-    from modelmon.elk_setup import DEFAULT_ASSETS, install_elasticsearch
+    from modelmon.pipeline.elk_setup import DEFAULT_ASSETS, install_elasticsearch
 
     client = Elasticsearch(elastic.url, request_timeout=30)
     install_elasticsearch(client, DEFAULT_ASSETS)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from modelmon.bins import (
+from modelmon.serving.bins import (
     COMPARE_FROM_ROWS_PER_EDGE,
     SUM_SLOTS,
     VALUE_COUNTS_FROM_ROWS,

@@ -703,7 +703,7 @@ def test_the_shipper_and_setup_commands_parse_with_the_real_parser():
     ship = command(services["shipper"])
     assert ship[0] == "modelmon"
     args = build_parser().parse_args(ship[1:])
-    assert args.run.__module__ == "modelmon.shipper"
+    assert args.run.__module__ == "modelmon.pipeline.shipper"
     assert args.metrics_port in container_ports(services["shipper"])
     # It reads the volume the demo writes its events to, read-only, and keeps its state in
     # a volume of its own, writable.
@@ -717,10 +717,10 @@ def test_the_shipper_and_setup_commands_parse_with_the_real_parser():
 
     _, _, setup_argv = setup_script()
     args = build_parser().parse_args(setup_argv)
-    assert args.run.__module__ == "modelmon.elk_setup"
+    assert args.run.__module__ == "modelmon.pipeline.elk_setup"
     assert "--assets" not in setup_argv  # the assets installed with the package
     dockerfile = DOCKERFILE.read_text()
-    # exporters/modelmon/elk links to elk/: it must be in the image when the package is built.
+    # exporters/modelmon/pipeline/elk links to elk/: it must be in the image when the package is built.
     assert dockerfile.index("COPY elk ") < dockerfile.index("RUN pip install")
     assert re.fullmatch(r"\d+[dhms]", args.retention)
 

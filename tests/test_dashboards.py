@@ -37,7 +37,7 @@ from grafana_queries import prometheus_targets, selections, substitute, variable
 from servers import free_port, start_prometheus, wait_until
 
 from modelmon import CONTRACT, exported_samples
-from modelmon.shipper import Shipper, ShipperConfig, data_stream
+from modelmon.pipeline.shipper import Shipper, ShipperConfig, data_stream
 
 REPO = Path(__file__).resolve().parents[1]
 GRAFANA = REPO / "grafana"

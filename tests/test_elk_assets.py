@@ -16,7 +16,7 @@ from fnmatch import fnmatch
 import pytest
 from elastic import ROOT, elastic, es, namespace, write_events  # noqa: F401 (fixtures)
 
-from modelmon.shipper import Shipper, ShipperConfig
+from modelmon.pipeline.shipper import Shipper, ShipperConfig
 
 KIBANA = ROOT / "elk" / "kibana"
 ELASTICSEARCH = ROOT / "elk" / "elasticsearch"

@@ -13,7 +13,7 @@ from sklearn.datasets import make_classification
 from sklearn.linear_model import LogisticRegression
 
 from modelmon import ModelMonitor, Reference, ReferenceFileError
-from modelmon.calibration import MAX_POINTS, fit_map, interpolate
+from modelmon.serving.calibration import MAX_POINTS, fit_map, interpolate
 from modelmon.cli import main
 
 FEATURES = [f"x{i}" for i in range(4)]

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from modelmon import ModelMonitor
-from modelmon.events import EventLog, Redaction
+from modelmon.pipeline.events import EventLog, Redaction
 from conftest import scrape, value
 
 ROW = {"area": 100.0, "rooms": 3.0, "city": "paris"}

@@ -21,8 +21,8 @@ import yaml
 
 from conftest import scrape, value
 from modelmon import ModelMonitor
-from modelmon.events import DATASET, EventLog
-from modelmon.shipper import data_stream
+from modelmon.pipeline.events import DATASET, EventLog
+from modelmon.pipeline.shipper import data_stream
 
 ROOT = Path(__file__).resolve().parent.parent
 ROW = {"area": 100.0, "rooms": 3.0, "city": "paris"}
@@ -30,7 +30,7 @@ ROW = {"area": 100.0, "rooms": 3.0, "city": "paris"}
 CHILD = textwrap.dedent("""
     import os, sys, threading
     from modelmon import ModelMonitor, Reference
-    from modelmon.events import EventLog, Redaction
+    from modelmon.pipeline.events import EventLog, Redaction
     from prometheus_client import CollectorRegistry
 
     reference = Reference.load(sys.argv[1])

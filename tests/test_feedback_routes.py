@@ -400,7 +400,7 @@ def test_uvicorn_supervisor_serves_metrics_off_the_public_port(tmp_path, referen
 # -- the framework-neutral core, in process ------------------------------------------
 
 def test_token_precedence_and_start_up_errors(tmp_path):
-    from modelmon.feedback import FeedbackConfigError, resolve_token
+    from modelmon.serving.feedback import FeedbackConfigError, resolve_token
 
     file = tmp_path / "token"
     file.write_text("from-file\n")
@@ -427,7 +427,7 @@ def test_token_precedence_and_start_up_errors(tmp_path):
 
 def test_record_labels_and_record_label_bytes_have_the_same_bounds(monitor, registry):
     from conftest import scrape as scrape_registry
-    from modelmon.feedback import FeedbackLimits, read_capped, record_label_bytes, record_labels
+    from modelmon.serving.feedback import FeedbackLimits, read_capped, record_label_bytes, record_labels
 
     monitor.observe({"area": 100.0, "rooms": 2.0, "city": "nice"}, 300.0, prediction_id="a")
     assert record_labels(monitor, {"prediction_id": "a", "actual": 310.0}) == (200, {"joined": 1, "unmatched": 0})
@@ -451,7 +451,7 @@ def test_record_labels_and_record_label_bytes_have_the_same_bounds(monitor, regi
         reads.append(n)
         return b"x" * n
 
-    from modelmon.feedback import Refused
+    from modelmon.serving.feedback import Refused
 
     with pytest.raises(Refused) as refused:  # an endless chunked body: read to the cap + 1, no further
         read_capped(read, None, 1000)

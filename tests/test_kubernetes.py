@@ -189,7 +189,7 @@ def test_the_podmonitor_finds_the_demo_pods_and_their_ports(objects):
 
 
 def test_the_demo_takes_its_outcomes_from_the_redis_service(objects):
-    from modelmon.redis_store import RedisOutcomeStore
+    from modelmon.serving.redis_store import RedisOutcomeStore
 
     demo = next(obj for obj in objects if obj["kind"] == "Deployment" and obj["metadata"]["name"] == "modelmon-demo")
     model = next(c for c in demo["spec"]["template"]["spec"]["containers"] if c["name"] == "model")

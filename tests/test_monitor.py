@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from modelmon import CONTRACT, ModelMonitor, Reference
-from modelmon.metrics import NEGATIVE, POSITIVE, SIGN, SIGNS
+from modelmon.serving.metrics import NEGATIVE, POSITIVE, SIGN, SIGNS
 from conftest import scrape, total, value
 
 M = dict(model="house", version="1.0")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from modelmon import ModelMonitor, Reference
-from modelmon.outcomes import OutcomeStore
+from modelmon.serving.outcomes import OutcomeStore
 from conftest import scrape, total, value
 
 M = dict(model="house", version="1.0")

@@ -24,9 +24,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import free_port, scrape, stop_process, total, value
 from modelmon import ModelMonitor
-from modelmon.outcomes import OutcomeStore
-from modelmon.redis_store import RedisOutcomeStore
-from modelmon.stores import open_store
+from modelmon.serving.outcomes import OutcomeStore
+from modelmon.serving.redis_store import RedisOutcomeStore
+from modelmon.serving.stores import open_store
 from redis_server import RedisServer
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -16,12 +16,14 @@ from elastic import elastic, es, namespace  # noqa: F401 (fixtures)
 from prometheus_client import CollectorRegistry
 from scipy import stats
 
-from modelmon import ModelMonitor, Reference, event_source
+from modelmon import ModelMonitor, Reference
+
+from modelmon.analysis import event_source
 from modelmon.cli import main
-from modelmon.drift import SHARE_FLOOR
-from modelmon.events import EventLog, Redaction
-from modelmon.report import LiveData, analyse
-from modelmon.shipper import Shipper, ShipperConfig
+from modelmon.analysis.drift import SHARE_FLOOR
+from modelmon.pipeline.events import EventLog, Redaction
+from modelmon.analysis.report import LiveData, analyse
+from modelmon.pipeline.shipper import Shipper, ShipperConfig
 
 CITIES = ["paris", "lyon", "nice"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -339,8 +341,8 @@ def test_memory_is_bounded_by_the_sample_and_the_segment_cap(setup, tmp_path, ca
 
 
 def test_progress_only_on_a_terminal(setup, tmp_path, capsys, monkeypatch):
-    from modelmon.event_source import EventStats
-    from modelmon.report import Progress
+    from modelmon.analysis.event_source import EventStats
+    from modelmon.analysis.report import Progress
 
     root, *_ = setup
     report(capsys, tmp_path, "--reference", root / "reference.yaml", "--events", root / "events")

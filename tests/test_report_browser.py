@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from modelmon import ModelMonitor, Reference
 from modelmon.cli import main
-from modelmon.events import EventLog
+from modelmon.pipeline.events import EventLog
 
 INSTALL = "apt-get install -y chromium"
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

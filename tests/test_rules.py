@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from modelmon import exported_samples
-from modelmon.metrics import ALERT_THRESHOLDS, CONTRACT, MEAN_SHIFT_MIN_EFFECT, NEGATIVE, POSITIVE, SIGN, SIGNS
+from modelmon.serving.metrics import ALERT_THRESHOLDS, CONTRACT, MEAN_SHIFT_MIN_EFFECT, NEGATIVE, POSITIVE, SIGN, SIGNS
 from servers import CURRENT, LINES, binary
 
 REPO = Path(__file__).resolve().parents[1]

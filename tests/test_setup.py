@@ -17,9 +17,9 @@ import pytest
 from conftest import free_port
 from elastic import LINE, ROOT, elastic, es  # noqa: F401 (fixtures)
 
-from modelmon import elk_setup
+from modelmon.pipeline import elk_setup
 from modelmon.cli import main
-from modelmon.elk_setup import DEFAULT_ASSETS, ilm_policy
+from modelmon.pipeline.elk_setup import DEFAULT_ASSETS, ilm_policy
 
 
 def setup(capsys, *args: str) -> tuple[int, str, str]:
@@ -179,7 +179,7 @@ def test_import_errors_are_reported(elastic, kibana, capsys):
 
 
 def test_the_built_package_carries_the_assets(tmp_path):
-    """A pip-installed modelmon finds elk/ itself (package data through exporters/modelmon/elk)."""
+    """A pip-installed modelmon finds elk/ itself (package data through exporters/modelmon/pipeline/elk)."""
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
                            capture_output=True, text=True, timeout=300)  # fmt: skip
     assert built.returncode == 0, built.stderr

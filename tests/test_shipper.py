@@ -12,7 +12,7 @@ from pathlib import Path
 from elastic import elastic, es, namespace, write_events  # noqa: F401 (fixtures)
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelmon.shipper import Shipper, ShipperConfig, data_stream
+from modelmon.pipeline.shipper import Shipper, ShipperConfig, data_stream
 
 
 def drain(shipper: Shipper) -> None:
@@ -287,7 +287,7 @@ def test_files_rotated_away_are_shipped_while_running_and_counted_when_lost(es, 
 
 
 def test_metric_names_follow_the_contract(tmp_path):
-    from modelmon.metrics import SHIPPER_CONTRACT
+    from modelmon.serving.metrics import SHIPPER_CONTRACT
 
     shipper = Shipper(None, ShipperConfig(tmp_path))
     exported = {m.name for m in shipper.registry.collect()}

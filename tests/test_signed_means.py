@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from modelmon.metrics import SIGN, SIGNS
+from modelmon.serving.metrics import SIGN, SIGNS
 from servers import LINES, free_port, start_prometheus, wait_until
 
 REPO = Path(__file__).resolve().parents[1]

@@ -24,8 +24,8 @@ from scipy import stats
 
 from modelmon import ModelMonitor, Reference
 from modelmon.cli import main
-from modelmon.events import EventLog, Redaction
-from modelmon.shipper import Shipper, ShipperConfig
+from modelmon.pipeline.events import EventLog, Redaction
+from modelmon.pipeline.shipper import Shipper, ShipperConfig
 
 AMES = Path(__file__).resolve().parents[1] / "demo" / "data" / "train.csv"
 SQM_PER_SQFT = 0.09290304

@@ -29,8 +29,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import free_port, stop_process
-from modelmon.reference import Reference
-from modelmon.worker_files import MetricsDirectory
+from modelmon.serving.reference import Reference
+from modelmon.serving.worker_files import MetricsDirectory
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FEATURES = [f"x{i:02d}" for i in range(40)]
@@ -189,7 +189,7 @@ DEAD_PIDS = range(5_000_000, 5_000_120)  # above any pid_max (2**22): never aliv
 
 FOLDER = """
 import sys, time
-from modelmon.worker_files import MetricsDirectory
+from modelmon.serving.worker_files import MetricsDirectory
 print("folding", flush=True)
 start = time.perf_counter()
 MetricsDirectory(sys.argv[1]).fold_dead_workers()

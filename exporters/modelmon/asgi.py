@@ -6,8 +6,8 @@ from typing import Any, Awaitable, Callable
 
 from prometheus_client import CollectorRegistry
 
-from .exposition import metrics_payload
-from .http import UNMATCHED, HttpMetrics
+from .serving.exposition import metrics_payload
+from .serving.http import UNMATCHED, HttpMetrics
 
 Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Callable, Callable], Awaitable[None]]
@@ -82,7 +82,7 @@ def feedback_route(monitor, path: str = "/feedback", *, token: str | None = None
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from .feedback import FeedbackEndpoint, Refused, too_large
+    from .serving.feedback import FeedbackEndpoint, Refused, too_large
 
     feedback = FeedbackEndpoint(monitor, token=token, token_file=token_file, limits=limits, max_bytes=max_bytes)
 

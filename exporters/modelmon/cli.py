@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .reference import DEFAULT_BINS, DEFAULT_TOP_K, Reference
-from .training_csv import read_csv
+from .serving.reference import DEFAULT_BINS, DEFAULT_TOP_K, Reference
+from .analysis.training_csv import read_csv
 
 
 def _names(text: str | None) -> list[str]:
@@ -79,11 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--positive", help="a binary model's positive class (default: the second class)")
     p.add_argument("-o", "--output", required=True, help="reference YAML to write")
     p.set_defaults(run=profile)
-    from . import elk_setup, shipper  # these import the elasticsearch package only when run
+    from .pipeline import elk_setup, shipper  # these import the elasticsearch package only when run
 
     shipper.add_parser(commands)
     elk_setup.add_parser(commands)
-    from . import report, skew  # scipy and elasticsearch are imported only when these run
+    from .analysis import report, skew  # scipy and elasticsearch are imported only when these run
 
     skew.add_parser(commands)
     report.add_parser(commands)

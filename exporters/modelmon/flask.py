@@ -6,8 +6,8 @@ import time
 from flask import Flask, Response, request
 from prometheus_client import CollectorRegistry
 
-from .exposition import metrics_payload
-from .http import HttpMetrics, UNMATCHED
+from .serving.exposition import metrics_payload
+from .serving.http import HttpMetrics, UNMATCHED
 
 _HANDLER_KEY = "modelmon.handler"
 
@@ -71,7 +71,7 @@ def add_feedback_route(app: Flask, monitor, path: str = "/feedback", *, token: s
     """
     from werkzeug.exceptions import HTTPException
 
-    from .feedback import FeedbackEndpoint, Refused, too_large
+    from .serving.feedback import FeedbackEndpoint, Refused, too_large
 
     endpoint = FeedbackEndpoint(monitor, token=token, token_file=token_file, limits=limits, max_bytes=max_bytes)
 

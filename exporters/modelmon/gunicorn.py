@@ -15,8 +15,8 @@ of its own (and ``instrument_app(app, metrics_path=None)`` in the app)::
 """
 from __future__ import annotations
 
-from .multiprocess import multiprocess_dir
-from .worker_files import MetricsDirectory
+from .serving.multiprocess import multiprocess_dir
+from .serving.worker_files import MetricsDirectory
 
 
 def _directory() -> MetricsDirectory:
@@ -57,7 +57,7 @@ def serve_metrics(port: int, addr: str = "127.0.0.1"):
         if started:  # a reload (SIGHUP) runs when_ready again; the server is still up
             return
         _directory()
-        from .exposition import start_http_server
+        from .serving.exposition import start_http_server
 
         started.append(start_http_server(port, addr=addr))
         server.log.info("modelmon: serving /metrics on %s:%s", addr, port)

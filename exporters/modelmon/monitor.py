@@ -20,14 +20,14 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from . import multiprocess
-from .bins import SUM_SLOTS, Bins, CategoricalBins, NumericBins, RowFlags, TextBins
-from .estimated import Estimator
-from .events import EventLog
-from .outcomes import OutcomeStore, OutcomeTracker
-from .stores import open_store
-from .metrics import ALERT_THRESHOLDS, NEGATIVE, POSITIVE, metrics_for
-from .reference import ColumnProfile, Reference
+from .pipeline.events import EventLog
+from .serving import multiprocess
+from .serving.bins import SUM_SLOTS, Bins, CategoricalBins, NumericBins, RowFlags, TextBins
+from .serving.estimated import Estimator
+from .serving.metrics import ALERT_THRESHOLDS, NEGATIVE, POSITIVE, metrics_for
+from .serving.outcomes import OutcomeStore, OutcomeTracker
+from .serving.reference import ColumnProfile, Reference
+from .serving.stores import open_store
 
 log = logging.getLogger("modelmon")
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import os
 import sys
 
-from .multiprocess import multiprocess_dir
-from .worker_files import MetricsDirectory
+from .serving.multiprocess import multiprocess_dir
+from .serving.worker_files import MetricsDirectory
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     if port:
         if not port.isdigit():
             sys.exit(f"modelmon.uvicorn: MODELMON_METRICS_PORT must be a port number, got {port!r}")
-        from .exposition import start_http_server
+        from .serving.exposition import start_http_server
 
         start_http_server(int(port), addr=os.environ.get("MODELMON_METRICS_ADDR", "127.0.0.1"))
     import uvicorn.main

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .event_source import SourceError, parse_since
-from .reference import Reference
+from ..serving.reference import Reference
 
 FAMILIES = (("features", "modelmon_feature_bin_total", "feature"),
             ("outputs", "modelmon_prediction_bin_total", "output"))

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from .events import DATASET, MASK, parse_timestamp
+from ..pipeline.events import DATASET, MASK, parse_timestamp
 
 try:  # 3-4x faster than json on event lines; optional (pip install 'modelmon[report]')
     from orjson import loads as _fast_loads
@@ -284,7 +284,7 @@ def read_elasticsearch(url: str, since: datetime | None, stats: EventStats,
                 stats.read += 1
                 yield flatten(hit.get("_source") or {})
     except (ApiError, TransportError) as exc:
-        from .elk_setup import client_too_new  # an 8.x server refuses the client 9: say what to install
+        from ..pipeline.elk_setup import client_too_new  # an 8.x server refuses the client 9: say what to install
 
         raise SourceError(f"{url}: cannot read {index}: {client_too_new(exc) or exc}") from exc
     finally:

@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from .metrics import ALERT_THRESHOLDS
+from ..serving.metrics import ALERT_THRESHOLDS
 
 # Empty shares are floored here before PSI, Jensen-Shannon and chi-square, as in the
 # Prometheus rules' clamp_min(..., 1e-4) (prometheus/rules/*.rules.yml).

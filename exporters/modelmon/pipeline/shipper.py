@@ -43,7 +43,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 
 from .elk_setup import SetupError, add_connection_arguments, client_too_new, connect, elasticsearch_module
 from .events import parse_timestamp
-from .metrics import SHIPPER_CONTRACT
+from ..serving.metrics import SHIPPER_CONTRACT
 
 if TYPE_CHECKING:
     from elasticsearch import Elasticsearch

@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from . import drift
-from .bins import ABOVE, BELOW, INVALID, MISSING, UNSEEN, CategoricalBins, NumericBins, TextBins
+from ..serving.bins import ABOVE, BELOW, INVALID, MISSING, UNSEEN, CategoricalBins, NumericBins, TextBins
 from .event_source import (
     REDACTED,
     EventStats,
@@ -40,7 +40,7 @@ from .event_source import (
     parse_since,
     read_events,
 )
-from .reference import ColumnProfile, Reference, ReferenceFileError
+from ..serving.reference import ColumnProfile, Reference, ReferenceFileError
 from .training_csv import read_csv
 
 VERSION_FIELD = "modelmon.version"

@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from . import drift
-from .bins import category_key
+from ..serving.bins import category_key
 from .event_source import (
     REDACTED,
     add_source_arguments,

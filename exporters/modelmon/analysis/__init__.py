@@ -1,0 +1,1 @@
+"""Offline analysis: the drift report from events, Prometheus or training data, and its statistics."""
