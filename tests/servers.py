@@ -8,6 +8,7 @@ built by scripts/install-prometheus3.sh) on a free 127.0.0.1 port and return onc
 ready. ``stop()`` ends the process and removes the directory; the servers are also
 context managers. A missing binary fails the test, saying how to install it.
 ``binary(name, line)`` finds promtool and amtool of either line (``LINES``).
+``rule_files_every(directory, paths, "1s")`` copies rule files with shorter group intervals.
 
 ``start_webhook_receiver()`` serves HTTP on loopback and keeps every JSON body
 posted to it, for Alertmanager to notify.
@@ -207,6 +208,29 @@ def _workdir(kind: str, files: Mapping[str, str | os.PathLike]) -> Path:
         else:
             target.write_text(source)
     return workdir
+
+
+def rule_files_every(directory: os.PathLike, paths: Iterable[os.PathLike], interval: str | None = None, *,
+                     without_for: bool = False) -> list[Path]:
+    """Copies of rule files in ``directory`` whose groups evaluate every ``interval`` (None:
+    no ``interval`` key, so the configuration's evaluation_interval), and whose alerts lose
+    their ``for`` if ``without_for``. Only for assertions that do not depend on the shipped
+    intervals: a rule that tiles minutes (``sum_over_time(...rate5m[59m30s]) * 60``) records
+    60 times its value at 1 s, its ratios (shares, PSI) unchanged."""
+    copies = []
+    for path in paths:
+        doc = yaml.safe_load(Path(path).read_text())
+        for group in doc["groups"]:
+            group.pop("interval", None)
+            if interval is not None:
+                group["interval"] = interval
+            if without_for:
+                for rule in group["rules"]:
+                    rule.pop("for", None)
+        target = Path(directory) / Path(path).name
+        target.write_text(yaml.safe_dump(doc, sort_keys=False))
+        copies.append(target)
+    return copies
 
 
 def start_prometheus(config: str | os.PathLike | Mapping, rule_files: Iterable[os.PathLike] = (), *,

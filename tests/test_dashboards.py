@@ -34,7 +34,7 @@ import pytest
 import yaml
 from elastic import elastic, es, namespace  # noqa: F401 (fixtures)
 from grafana_queries import prometheus_targets, selections, substitute, variable_query
-from servers import free_port, start_prometheus, wait_until
+from servers import free_port, rule_files_every, start_prometheus, wait_until
 
 from modelmon import CONTRACT, exported_samples
 from modelmon.pipeline.shipper import Shipper, ShipperConfig, data_stream
@@ -473,7 +473,7 @@ def service(tmp_path_factory, elastic, es) -> Iterator[Service]:
 
 
 @pytest.fixture(scope="module")
-def prometheus(service):
+def prometheus(service, tmp_path_factory):
     targets = {"modelmon": service.address, "modelmon-shipper": service.shipper}
     shipped = yaml.safe_load((REPO / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
     assert sorted(targets) == sorted(job["job_name"] for job in shipped)  # the jobs of prometheus.yml
@@ -483,7 +483,9 @@ def prometheus(service):
         "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [address]}]}
                            for job, address in targets.items()],
     }
-    with start_prometheus(config, RULE_FILES) as prom:
+    # Every group every second: the panels only need series, whatever the shipped intervals
+    # (the 1m groups that tile minutes and the 4m 1d groups would take minutes to fill them).
+    with start_prometheus(config, rule_files_every(tmp_path_factory.mktemp("rules"), RULE_FILES)) as prom:
         yield prom
 
 
@@ -508,9 +510,9 @@ def empty_queries(prom) -> list[str]:
 @pytest.mark.timeout(330)
 def test_every_prometheus_query_returns_series(prometheus):
     started = time.monotonic()
-    # the 1h groups sum minute increases (the first a minute after the first scrape) every
-    # minute, the training shares are deduplicated every 2: up to 3 minutes to fill a panel
-    wait_until(lambda: not empty_queries(prometheus), 270, "every panel query to return series", interval=2,
+    # the 1d groups read the 1h groups' rates "offset 1m": a minute and a few seconds to fill
+    # every panel with the groups evaluated every second
+    wait_until(lambda: not empty_queries(prometheus), 270, "every panel query to return series", interval=0.5,
                details=lambda: "\n".join(empty_queries(prometheus)))
     queries = sum(1 for board in DASHBOARDS.values() for _ in prometheus_targets(board))
     print(f"{queries} panel queries return series after {time.monotonic() - started:.0f}s")
