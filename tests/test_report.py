@@ -175,6 +175,32 @@ def test_psi_and_jensen_shannon_floor_empty_shares_as_the_prometheus_rules(refer
     assert result(city, "psi")["statistic"] > 0.2 and rep["drifting"] == ["city"]
 
 
+def test_cramers_v_stays_in_range_when_values_land_where_training_had_none(reference):
+    """Issue 14: the demo's LotFrontage had a Cramér's V of 4.23, its __above__ bin (no
+    training share, floored at 1e-4) in the chi-square. Bins the training data never had
+    are reported on their own, by their live share; V stays in [0, 1]; the verdict stays."""
+    rng = np.random.default_rng(14)
+    edges = reference.features["area"].edges
+    for rows, above in ((100_000, 0.3), (100_000, 0.02), (5_000, 0.3), (2_000, 0.0)):
+        frame = training_frame(rows, seed=15)
+        out = rng.random(rows) < above
+        frame["area"] = np.where(out, edges[-1] + rng.exponential(20.0, rows), frame["area"])
+        area = column(analyse(reference, _live(frame)), "area")
+        v = result(area, "chi_square")["effect_value"]
+        assert 0.0 <= v <= 1.0, (rows, above, v)
+        # the old construction on the same counts: past 1 (or inflated) whenever values land there
+        counts = np.array([b["count"] for b in area["bins"]], dtype=float)
+        shares = np.maximum([b["reference"] for b in area["bins"]], SHARE_FLOOR)
+        chi2 = stats.chisquare(counts, shares / shares.sum() * rows).statistic
+        old_v = math.sqrt(chi2 / (rows * (len(counts) - 1)))
+        share = np.mean((frame["area"] > edges[-1]) | (frame["area"] < edges[0]))
+        if above:
+            assert (old_v > 1.5 if above >= 0.3 else old_v > 3 * v) and close(result(area, "new_bins")["statistic"], share)
+            assert area["verdict"] == "drift" and result(area, "new_bins")["exceeded"]
+        else:
+            assert "new_bins" not in [t["test"] for t in area["tests"]] and area["verdict"] == "no drift"
+
+
 def test_text_columns_are_compared_on_their_token_count_bins():
     rng = np.random.default_rng(1)
     words = ["big", "house", "garden", "old", "new", "near", "park"]
@@ -184,11 +210,13 @@ def test_text_columns_are_compared_on_their_token_count_bins():
 
     training = {**training_frame(2000), "note": notes(2000, 1, 8)}
     reference = Reference.from_data(training, model="house", version="1.0", prediction="price", text=["note"])
-    for longest, drifts in ((8, False), (15, True)):
+    # notes longer than any in training fall in a bin the training data never had: tested on its own
+    for longest, drifts, tests in ((8, False, ["chi_square", "psi", "jensen_shannon"]),
+                                   (15, True, ["chi_square", "new_bins", "psi", "jensen_shannon"])):
         frame = {**training_frame(1000, seed=3), "note": notes(1000, 1, longest)}
         live = LiveData({k: frame[k].tolist() for k in frame}, ["1.0"] * 1000, "modelmon.version", events=1000)
         note = column(analyse(reference, live), "note")
-        assert note["kind"] == "text" and [t["test"] for t in note["tests"]] == ["chi_square", "psi", "jensen_shannon"]
+        assert note["kind"] == "text" and [t["test"] for t in note["tests"]] == tests
         assert note["drift"] is drifts
 
 
@@ -274,7 +302,9 @@ def test_without_training_data_numeric_columns_fall_back_to_the_reference_bins(s
     code, rep, _ = report(capsys, tmp_path, "--reference", root / "reference.yaml", "--events", root / "drifted")
     area = column(rep, "area")
     assert code == 0 and area["comparison"] == "reference bins"
-    assert [t["test"] for t in area["tests"]] == ["ks_binned", "chi_square", "psi", "jensen_shannon"]
+    assert [t["test"] for t in area["tests"]] == ["ks_binned", "chi_square", "new_bins", "psi", "jensen_shannon"]
+    outside = sum(b["live"] for b in area["bins"] if b["label"] in ("__below__", "__above__"))
+    assert outside > 0 and close(result(area, "new_bins")["statistic"], outside)
     assert any("--training" in note and "Wasserstein not run" in note for note in area["notes"])
     assert "Wasserstein not run" in (tmp_path / "out.html").read_text()
 

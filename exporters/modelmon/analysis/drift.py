@@ -58,6 +58,10 @@ THRESHOLDS: dict[str, float] = {
     "ks_d": 0.1,  # Kolmogorov-Smirnov D: largest gap between the two CDFs
     "wasserstein_sd": 0.1,  # Wasserstein distance in reference standard deviations
     "cramers_v": 0.1,  # Cramér's V; 0.1 is Cohen's "small" effect
+    # live share of the bins the training data never had (out of range, unseen): 1% of the
+    # values where training had none (a live value passes a continuous training maximum
+    # of N values with probability 1 / (N + 1))
+    "new_bin_share": 0.01,
     "epsilon_squared": 0.01,  # Kruskal-Wallis H / (n - 1); 0.01 is "small"
 }
 
@@ -222,25 +226,23 @@ def binned_tests(counts: Sequence[int], shares: Sequence[float], reference_rows:
     counts per reference bin against the reference shares.
 
     PSI's p-value uses its sampling distribution, PSI ~ (1/n + 1/N) chi2(k - 1) for
-    samples of n and N values on k bins (Yurdakul 2018). The chi-square test expects
-    n times the floored, renormalised reference shares, bins expecting fewer than 5
-    values pooled (``pooled``); its effect size is the goodness-of-fit form of Cramér's
-    V, sqrt(chi2 / (n (k - 1))) on the k bins tested.
+    samples of n and N values on k bins (Yurdakul 2018). The chi-square test runs on the
+    bins the training data had (``goodness_of_fit``); the bins it never had (below its
+    minimum, above its maximum, unseen categories) are tested on their own, by their live
+    share (``new_bins``): in a chi-square they would expect n * 1e-4 values and make
+    Cramér's V explode past its range.
     """
     from scipy import stats
 
     c, s = _occupied(counts, shares)
     n, k = c.sum(), len(c)
     live = c / n
+    seen = s > 0
     results = []
-    if chi_square and k > 1:
-        observed, expected = pooled(c, floored(s) / floored(s).sum() * n)
-        k_pooled = len(observed)
-        if k_pooled > 1:
-            chi2, p = stats.chisquare(observed, expected)
-            results.append(TestResult(
-                "chi_square", float(chi2), float(p), "cramers_v", math.sqrt(chi2 / (n * (k_pooled - 1))),
-                bounds=_chi_bounds(float(chi2), k_pooled - 1, 1 / float(n * (k_pooled - 1)), root=True)))
+    if chi_square and seen.sum() > 1 and c[seen].sum() > 0:
+        results.extend(goodness_of_fit(c[seen], s[seen]))
+    if not seen.all():
+        results.append(new_bins(float(c[~seen].sum()), float(n)))
     value = psi(live, s)
     scale = float(1 / n + 1 / reference_rows)
     p_psi = float(stats.chi2.sf(value / scale, k - 1)) if k > 1 else None
@@ -249,6 +251,39 @@ def binned_tests(counts: Sequence[int], shares: Sequence[float], reference_rows:
     js = js_divergence(live, s)
     results.append(TestResult("jensen_shannon", js, None, "js_divergence", js))
     return results
+
+
+def goodness_of_fit(counts: np.ndarray, shares: np.ndarray) -> list[TestResult]:
+    """Chi-square of counts against n times the (floored, renormalised) shares, bins
+    expecting fewer than 5 values pooled (``pooled``); effect size the goodness-of-fit
+    Cramér's V, sqrt(chi2 / (n (k - 1))) on the k bins tested. It is 0 for identical
+    shares and at most sqrt((1 / q - 1) / (k - 1)) for the smallest tested share q: at most
+    1 for equal shares (a numeric feature's quantile bins)."""
+    from scipy import stats
+
+    n = counts.sum()
+    observed, expected = pooled(counts, floored(shares) / floored(shares).sum() * n)
+    k = len(observed)
+    if k < 2:
+        return []
+    chi2, p = stats.chisquare(observed, expected)
+    return [TestResult("chi_square", float(chi2), float(p), "cramers_v", math.sqrt(chi2 / (n * (k - 1))),
+                       bounds=_chi_bounds(float(chi2), k - 1, 1 / float(n * (k - 1)), root=True))]
+
+
+def new_bins(count: float, n: float) -> TestResult:
+    """The live share of values in bins the training data never had, with its Wilson
+    interval. No p-value: any such value is already a departure from the training data;
+    whether it matters is the share's size."""
+    share = count / n
+
+    def bounds(alpha: float) -> tuple[float, float]:
+        z = z_quantile(alpha)
+        centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        return max(centre - half, 0.0), min(centre + half, 1.0)
+
+    return TestResult("new_bins", share, None, "new_bin_share", share, bounds=bounds)
 
 
 def binned_ks(counts: Sequence[int], shares: Sequence[float], reference_rows: int | None = None) -> TestResult:
