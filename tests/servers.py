@@ -158,7 +158,7 @@ class Prometheus(Server):
     def rule_groups(self) -> list[dict]:
         return self.get("/api/v1/rules")["data"]["groups"]
 
-    def wait_for(self, query: str | Callable[["Prometheus"], Any], timeout: float = 60, interval: float = 1) -> Any:
+    def wait_for(self, query: str | Callable[["Prometheus"], Any], timeout: float = 60, interval: float = 0.5) -> Any:
         """Poll until a query returns samples (or a callable returns something truthy)."""
         check = (lambda: self.query(query)) if isinstance(query, str) else (lambda: query(self))
         return wait_until(check, timeout, f"Prometheus: {query}", interval, details=self.log)

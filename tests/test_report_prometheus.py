@@ -4,7 +4,10 @@ the project's recording rules (issue 17).
 An exporter in this process (a ModelMonitor on its own registry) serves a model whose
 live rows drift: area shifted by half a standard deviation, more Nice, a few missing
 areas. Prometheus scrapes it every second and evaluates features.rules.yml and
-predictions.rules.yml every second. Once an evaluation has seen every row, the report
+predictions.rules.yml every second (test copies with every group at that interval: the
+shipped 1m groups tile minutes and the reference and 1d groups run every few minutes, which
+would make the test wait for minutes; PSI and the missing share are ratios of increases,
+which the tiling scales alike). Once an evaluation has seen every row, the report
 over the same hour, ending at that evaluation's time, must give each column's PSI
 within 1% of the recorded ``model_feature:modelmon_feature_bin:psi_1h`` (and
 ``model_output:modelmon_prediction_bin:psi_1h``), and the missing share of the
@@ -25,7 +28,7 @@ from prometheus_client import CollectorRegistry
 
 from modelmon import ModelMonitor, Reference, start_http_server
 from modelmon.cli import main
-from servers import LINES, free_port, start_prometheus
+from servers import LINES, free_port, rule_files_every, start_prometheus
 
 REPO = Path(__file__).resolve().parents[1]
 RULE_FILES = [REPO / "prometheus" / "rules" / name for name in ("features.rules.yml", "predictions.rules.yml")]
@@ -33,12 +36,12 @@ ROWS = 3000
 SECONDS = {"s": 1, "m": 60, "h": 3600}
 
 
-def rule_interval() -> float:
+def rule_interval(rule_files: list[Path]) -> float:
     """The longest evaluation interval a rule group of these files sets (1 s, the global
     one here, if none does). Rules that tile minutes (``interval: 1m``) need the counters'
     zeros scraped a whole interval before the rows, and an evaluation takes that long to come."""
     longest = 1.0
-    for path in RULE_FILES:
+    for path in rule_files:
         for group in yaml.safe_load(path.read_text())["groups"]:
             text = str(group.get("interval", "1s"))
             longest = max(longest, float(text[:-1]) * SECONDS[text[-1]])
@@ -70,11 +73,13 @@ def test_psi_from_prometheus_equals_the_recording_rules(tmp_path, capsys, line):
         "rule_files": ["rules/*.yml"],
         "scrape_configs": [{"job_name": "modelmon", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}],
     }
+    (tmp_path / "rules").mkdir()
+    rule_files = rule_files_every(tmp_path / "rules", RULE_FILES)
     try:
-        with start_prometheus(config, RULE_FILES, line=line) as prom:
+        with start_prometheus(config, rule_files, line=line) as prom:
             # every bin's counter is scraped at 0 before any row: increase() counts them all
             prom.wait_for('modelmon_feature_bin_total{feature="area", bin="__missing__"} == 0', timeout=30)
-            interval = rule_interval()
+            interval = rule_interval(rule_files)
             if interval > 1:
                 time.sleep(interval + 5)
             rng = np.random.default_rng(5)
