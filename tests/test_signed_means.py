@@ -6,10 +6,20 @@ a prediction y ~ N(0, 1), drawn from the distributions the reference was profile
 5,000 rows row by row, then it is killed (its counters are lost with it) and started
 again on the same port, and sends 5,000 more with observe_batch. The recorded 1h means
 (model_feature:modelmon_feature_value:mean_1h, model_output:modelmon_prediction_value:mean_1h)
-must be within 0.01 standard deviations of the exact mean of the values sent, before
-and after the restart. With a single running sum per column, increase() read every
+are read right after each burst. With a single running sum per column, increase() read every
 decrease of a sum of negative values as a counter reset (the issue measured a 1h mean of
 -1,230 for z).
+
+The rules build the 1h mean from each minute's 5m rates of the value summaries (issue 13,
+docs/alerting.md): the sum and the count of a value get the same weight, the number of those
+minutes' 5m windows that hold it, 1 to 5 (a value scraped in the last minute is in one, a
+value five minutes old in five), so the recorded mean is a weighted mean of the values sent,
+not their plain mean, until every value is five minutes old. For n values of standard
+deviation s and weights within a factor 5 of each other, a weighted mean is off the plain one
+by at most sqrt(((1 + 5)^2 / (4 * 5) - 1) / n) s = 0.89 s / sqrt(n) in standard deviation
+(Kantorovich's inequality bounds sum w^2 / (sum w)^2 by 1.8 / n): the test allows 4 of those,
+0.051 s after 5,000 rows and 0.036 s after 10,000. A mean whose sign
+handling were wrong is off by hundreds of standard deviations (-1,230 for z, whose s is 5).
 """
 from __future__ import annotations
 
@@ -32,7 +42,13 @@ SERVICE = REPO / "tests" / "fixtures" / "signed_values_service.py"
 RULE_FILES = [REPO / "prometheus" / "rules" / name for name in ("features.rules.yml", "predictions.rules.yml")]
 STDDEV = {"x": 1.0, "z": 5.0, "y": 1.0}  # of the distributions the values are drawn from
 HALF = 5_000
-TOLERANCE = 0.01  # standard deviations
+WEIGHTS = 5  # a value's weight in the recorded mean: 1 to 5 of the minutes' 5m rates that hold it
+
+
+def tolerance(n: int) -> float:
+    """4 times the largest standard deviation of a weighted mean's distance to the plain mean
+    (weights within a factor WEIGHTS), in standard deviations of the values."""
+    return 4 * math.sqrt(((1 + WEIGHTS) ** 2 / (4 * WEIGHTS) - 1) / n)
 RECORDED = {"x": "model_feature:modelmon_feature_value:mean_1h", "z": "model_feature:modelmon_feature_value:mean_1h",
             "y": "model_output:modelmon_prediction_value:mean_1h"}
 
@@ -145,5 +161,5 @@ def test_recorded_means_of_signed_values_are_exact_across_a_restart(tmp_path, li
     print(f"Prometheus {line}: errors in standard deviations: after {HALF} rows {before_restart}, after {2 * HALF} rows with a "
           f"restart between {after_restart}; means {means}; {time.monotonic() - started:.0f}s")
     assert means["z"] == pytest.approx(-50.0, abs=0.5)  # not -1,230
-    assert all(error <= TOLERANCE for error in before_restart.values()), before_restart
-    assert all(error <= TOLERANCE for error in after_restart.values()), after_restart
+    assert all(error <= tolerance(HALF) for error in before_restart.values()), before_restart
+    assert all(error <= tolerance(2 * HALF) for error in after_restart.values()), after_restart
