@@ -8,7 +8,8 @@ built by scripts/install-prometheus3.sh) on a free 127.0.0.1 port and return onc
 ready. ``stop()`` ends the process and removes the directory; the servers are also
 context managers. A missing binary fails the test, saying how to install it.
 ``binary(name, line)`` finds promtool and amtool of either line (``LINES``).
-``rule_files_every(directory, paths, "1s")`` copies rule files with shorter group intervals.
+``rule_files_every(directory, paths, "1s")`` copies rule files with shorter group intervals,
+``rule_files_at_most(directory, paths, "1m")`` with none longer than a minute.
 
 ``start_webhook_receiver()`` serves HTTP on loopback and keeps every JSON body
 posted to it, for Alertmanager to notify.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -227,6 +229,34 @@ def rule_files_every(directory: os.PathLike, paths: Iterable[os.PathLike], inter
             if without_for:
                 for rule in group["rules"]:
                     rule.pop("for", None)
+        target = Path(directory) / Path(path).name
+        target.write_text(yaml.safe_dump(doc, sort_keys=False))
+        copies.append(target)
+    return copies
+
+
+SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def seconds(duration: str) -> float:
+    """A Prometheus duration of one unit ("15s", "4m") in seconds."""
+    number, unit = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|[smhd])", str(duration)).groups()
+    return float(number) * SECONDS[unit]
+
+
+def rule_files_at_most(directory: os.PathLike, paths: Iterable[os.PathLike], longest: str = "1m") -> list[Path]:
+    """Copies of rule files in ``directory`` whose groups slower than ``longest`` evaluate
+    every ``longest``; the others, and every rule, as shipped. For the groups that record
+    constants (the training shares) or read other groups' minute samples (the 1d windows,
+    the 1h drift statistics), whose values do not depend on their own interval: their first
+    evaluation comes within a minute of Prometheus' start, not within 4."""
+    limit = seconds(longest)
+    copies = []
+    for path in paths:
+        doc = yaml.safe_load(Path(path).read_text())
+        for group in doc["groups"]:
+            if "interval" in group and seconds(group["interval"]) > limit:
+                group["interval"] = longest
         target = Path(directory) / Path(path).name
         target.write_text(yaml.safe_dump(doc, sort_keys=False))
         copies.append(target)

@@ -1,7 +1,11 @@
 """The alert stack end to end: a drifting model service, Prometheus, Alertmanager.
 
 Real Prometheus and Alertmanager (the current line) run on loopback with the shipped
-configurations, only their addresses substituted, and the shipped rule files.
+configurations, only their addresses substituted, and the shipped rule files (copies in
+which the groups slower than a minute, training shares, 1h drift statistics and 1d windows,
+evaluate every minute: their values do not depend on their interval, and at 2 and 4 minutes
+the alert took up to 6 minutes to fire; the minute tiles, the alert group and its ``for``
+are as shipped).
 Prometheus scrapes tests/fixtures/drift_service.py, whose sqft input has moved three
 training standard deviations; ModelmonFeatureDrift must go pending, then firing, and
 reach the data-science webhook with its runbook and dashboard links; the runbook link
@@ -21,8 +25,8 @@ import pytest
 import requests
 
 from demo.stack import alertmanager_pages, prometheus_pages
-from servers import (CURRENT, DEBIAN, INSTALL_HINT, LINES, binary, free_port, start_alertmanager,
-                     start_prometheus, start_webhook_receiver, wait_until)
+from servers import (CURRENT, DEBIAN, INSTALL_HINT, LINES, binary, free_port, rule_files_at_most,
+                     start_alertmanager, start_prometheus, start_webhook_receiver, wait_until)
 
 REPO = Path(__file__).resolve().parents[1]
 SERVICE = REPO / "tests" / "fixtures" / "drift_service.py"
@@ -83,14 +87,16 @@ def drift_alert(alerts: list[dict]) -> dict | None:
 
 
 @pytest.mark.timeout(480)
-def test_feature_drift_goes_pending_then_firing_and_reaches_the_webhook(drift_service, runbook_server):
+def test_feature_drift_goes_pending_then_firing_and_reaches_the_webhook(drift_service, runbook_server, tmp_path):
     with start_webhook_receiver() as sink:
         am_config = substituted(REPO / "alertmanager" / "alertmanager.yml", {"alert-sink:9099": sink.address})
         with start_alertmanager(am_config, TEMPLATES) as am:
             prom_config = substituted(REPO / "prometheus" / "prometheus.yml",
                                       {"demo:8000": drift_service, "alertmanager:9093": am.address,
                                        "localhost:9098": runbook_server})
-            with start_prometheus(prom_config, RULE_FILES) as prom:
+            (tmp_path / "rules").mkdir()
+            rule_files = rule_files_at_most(tmp_path / "rules", RULE_FILES, "1m")
+            with start_prometheus(prom_config, rule_files) as prom:
                 states = []
 
                 def firing(prom):
