@@ -5,6 +5,12 @@ scenario (GrLivArea 80% larger, LotFrontage sent in metres): the drift alert fir
 Prometheus, its notification reaches the alert sink with the runbook link, which opens,
 the drifted events are in Elasticsearch, and the data-science dashboard's queries show
 the feature.
+
+Prometheus runs the shipped configuration on copies of the shipped rule files in which the
+groups slower than a minute (training shares, 1h drift statistics, 1d windows) evaluate
+every minute (servers.rule_files_at_most): none of them reads its own group's past samples,
+so they record the shipped values, only sooner; the minute tiles, the alert groups and
+their ``for`` are as shipped.
 """
 from __future__ import annotations
 
@@ -17,11 +23,12 @@ from pathlib import Path
 import pytest
 import requests
 from grafana_queries import prometheus_targets, selections, substitute
-from servers import wait_until
+from servers import rule_files_at_most, wait_until
 
 from demo.stack import NativeStack, Ports
 
-DASHBOARD = Path(__file__).resolve().parents[1] / "grafana" / "dashboards" / "model-data.json"
+REPO = Path(__file__).resolve().parents[1]
+DASHBOARD = REPO / "grafana" / "dashboards" / "model-data.json"
 RATE = 20  # requests per second: over the drift alerts' 500 rows per hour within the first minute
 STEADY_SECONDS = 180
 DRIFTED = {"GrLivArea", "LotFrontage"}
@@ -49,7 +56,11 @@ class PrometheusAPI:
 def stack(tmp_path_factory):
     # pytest's own directories are private to root; Elasticsearch runs as another user
     elastic_dir = Path(tempfile.mkdtemp(prefix="modelmon-e2e-es-"))
-    stack = NativeStack(tmp_path_factory.mktemp("stack"), Ports.free(), elastic_dir=elastic_dir).start()
+    workdir = tmp_path_factory.mktemp("stack")
+    rules = workdir / "prometheus" / "rules"  # the stack links the shipped rules/ here unless it exists
+    rules.mkdir(parents=True)
+    rule_files_at_most(rules, sorted((REPO / "prometheus" / "rules").glob("*.yml")), "1m")
+    stack = NativeStack(workdir, Ports.free(), elastic_dir=elastic_dir).start()
     yield stack
     stack.stop()
     shutil.rmtree(elastic_dir, ignore_errors=True)
