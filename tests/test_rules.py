@@ -36,6 +36,7 @@ ALERTS = {
     "ModelmonNonFinitePredictions", "ModelmonModelStale", "ModelmonModelVersionChanged",
     "ModelmonDependencyChanged", "ModelmonQualityDrop", "ModelmonMonitoringErrors",
     "ModelmonEstimatedQualityDrop",  # issue 15: estimated.alerts.yml
+    "ModelmonFeatureMeanShift",  # issue 14: input means, data.alerts.yml
     "ModelmonShipperDown", "ModelmonShipperBacklog", "ModelmonShipperRejectedDocuments", "ModelmonShipperDataLoss",
 }
 # Alerts whose value is a constant (the target is down, a version appeared): their
