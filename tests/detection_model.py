@@ -1,14 +1,15 @@
 """The data-science alerts' false-alarm rates and detection delays, by simulation (issue 14).
 
-A model of the rules at the metric contract's level: each minute a feature gets a Poisson
+A model of the rules at the metric contract's level: each minute a column gets a Poisson
 number of rows, split among its bins by a multinomial draw around the shares of the moment,
 and its numeric values add a normal draw to the value sum. The rules' formulas are then
 evaluated every minute as Prometheus does: bins and value summaries summed over their 5m
-rates (`*:rate5m`, a 5-minute moving average) over 60 minutes, and over 1440 minutes up to the
-minute before for the 1d group, recorded every 4 minutes; an alert fires once its condition
-held for its `for:`. prometheus/tests/detection.test.yml checks the real rules on the
-headline scenarios. `python tests/detection_model.py` prints the tables of docs/alerting.md
-("Detection"); tests/test_detection.py fails when they differ.
+rates (`*:rate5m`, a 5-minute moving average) over 60 minutes, and over 1440 minutes up to
+the minute before for the 1d group, recorded every 4 minutes; an alert fires once its
+condition held for its `for:`, and keeps firing for its `keep_firing_for:`.
+prometheus/tests/detection.test.yml checks the real rules on the headline scenarios.
+`python tests/detection_model.py` prints the tables of docs/alerting.md ("Detection");
+tests/test_detection.py fails when they differ.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ SEED = 14
 MIN_VALUES_1H, MIN_VALUES_1D = 500, 1000
 PSI_WARNING = 0.1
 SHARE_EXCESS, SHARE_Z = 0.05, 4.5
-FEATURE_MEAN_Z, FEATURE_MEAN_EFFECT, FEATURE_MEAN_FOR = 4.5, 0.15, 0
+FEATURE_MEAN_Z, FEATURE_MEAN_EFFECT, FEATURE_MEAN_KEEP = 4.5, 0.15, 10  # no for:, keep_firing_for: 10m
 PREDICTION_MEAN_Z, PREDICTION_MEAN_EFFECT = 3.0, 0.2
 
 # Training data: standard normal columns binned at their deciles within their range (+-3.5),
@@ -146,6 +147,14 @@ def held(condition: np.ndarray, minutes: int) -> np.ndarray:
     return runs - before == minutes + 1
 
 
+def kept(firing: np.ndarray, minutes: int) -> np.ndarray:
+    """Firing, with `keep_firing_for`: also the `minutes` after the condition last held."""
+    runs = np.cumsum(firing, axis=1)
+    before = np.zeros_like(runs)
+    before[:, minutes + 1:] = runs[:, :-minutes - 1]
+    return runs - before > 0
+
+
 def divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         return a / b
@@ -193,7 +202,7 @@ def feature_mean_shift(column: Column) -> np.ndarray:
     count_1d = daily(column.value_count) * 60
     day = mean_condition(divide(daily(column.value_sum) * 60, count_1d), count_1d, FEATURE_MEAN_Z, FEATURE_MEAN_EFFECT)
     quiet = (daily(column.bins.sum(axis=2)) * 60 >= MIN_VALUES_1D) & (values_1h < MIN_VALUES_1H)
-    return held(hour & (values_1h >= MIN_VALUES_1H) | day & quiet, FEATURE_MEAN_FOR)
+    return kept(hour & (values_1h >= MIN_VALUES_1H) | day & quiet, FEATURE_MEAN_KEEP)
 
 
 def prediction_mean_shift(column: Column) -> np.ndarray:
