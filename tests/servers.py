@@ -256,6 +256,12 @@ def rule_files_at_most(directory: os.PathLike, paths: Iterable[os.PathLike], lon
         doc = yaml.safe_load(Path(path).read_text())
         for group in doc["groups"]:
             if "interval" in group and seconds(group["interval"]) > limit:
+                own = {rule["record"] for rule in group["rules"] if "record" in rule}
+                for rule in group["rules"]:
+                    for name in own:  # a range or offset over its own samples would change with the interval
+                        if re.search(rf"(?<![\w:]){re.escape(name)}(\{{[^}}]*\}})?\s*(\[|offset\b)", str(rule["expr"])):
+                            raise AssertionError(f"{path}: group {group['name']} reads its own {name} over time: "
+                                                 f"its interval cannot be changed for a test")
                 group["interval"] = longest
         target = Path(directory) / Path(path).name
         target.write_text(yaml.safe_dump(doc, sort_keys=False))
