@@ -13,7 +13,8 @@
 // reference gauges); the rest keeps -history. -recorded also writes, every minute over
 // -history, the short-window series the rule files record and read back over long
 // windows (their names must match prometheus/rules; bench_rules.py checks it), holding
-// their steady values: only their number and spacing matter for the cost.
+// their steady values: only their number and spacing matter for the cost. -steady makes every
+// counter grow by exactly its mean each scrape (no Poisson draws): constant rates.
 package main
 
 import (
@@ -80,6 +81,7 @@ func main() {
 	history := flag.Duration("history", 26*time.Hour, "history of every series")
 	bigHistory := flag.Duration("big-history", 0, "history of the per-feature families (default -history)")
 	recorded := flag.Bool("recorded", false, "also write the recorded short-window series every minute")
+	steady := flag.Bool("steady", false, "counters grow by exactly their mean every scrape (no Poisson draws)")
 	serve := flag.String("serve", "", "then serve the series' continuation on this address (/metrics?target=<instance>)")
 	flag.Parse()
 	if *out == "" {
@@ -149,6 +151,7 @@ func main() {
 				return labels.FromStrings(kv...)
 			}
 			counter := func(begin int64, mean float64, poisson bool, name string, extra ...string) {
+				poisson = poisson && !*steady
 				add(&series{lbls: mk(name, extra...), mean: mean, offs: offs, poisson: poisson, value: mean * 1000}, begin)
 			}
 			gauge := func(begin int64, v float64, name string, extra ...string) {
@@ -206,6 +209,15 @@ func main() {
 			counter(start, perScrape*0.1, true, "modelmon_outcomes_total")
 			counter(start, perScrape*0.09, true, "modelmon_outcomes_correct_total")
 			gauge(start, 0.9, "modelmon_reference_score", "metric", "accuracy")
+			// estimated quality (estimated.rules.yml): rows with probabilities, expected correct
+			// rows and their variance, a binary model's expected confusion
+			counter(start, perScrape, true, "modelmon_estimated_total")
+			counter(start, perScrape*0.88, false, "modelmon_estimated_correct_total")
+			counter(start, perScrape*0.09, false, "modelmon_estimated_correct_variance_total")
+			counter(start, perScrape*0.05, false, "modelmon_estimated_positive_variance_total")
+			for c, cell := range []string{"tp", "fp", "fn", "tn"} {
+				counter(start, perScrape*[]float64{0.3, 0.05, 0.07, 0.58}[c], false, "modelmon_estimated_confusion_total", "cell", cell)
+			}
 			inst0 := []string{"__name__", "", "job", "modelmon", "instance", inst}
 			plain := func(name string, extra ...string) labels.Labels {
 				kv := append(append([]string{}, inst0...), extra...)
