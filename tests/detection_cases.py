@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detection_model import NUMERIC_BINS, Change, Column, daily, divide, hourly, simulate
+from detection_model import NUMERIC_BINS, Change, Column, daily, divide, feature_mean_shift, hourly, simulate
 
 PATH = Path(__file__).resolve().parents[1] / "prometheus" / "tests" / "detection.test.yml"
 SEED = 1415
@@ -88,7 +88,15 @@ def series(s: Scenario, feature: str, column: Column, minutes: int) -> list[tupl
     return found
 
 
-def test_group(rng: np.random.Generator, s: Scenario) -> str:
+def agrees(columns: dict[str, Column], s: Scenario) -> None:
+    """The simulation's alert does what the case expects of the rules: x fires at `fires` and not
+    at the silent minutes, y never (the rules at minute T are the simulation's at T - 1 or T)."""
+    x, y = (feature_mean_shift(columns[feature])[0] for feature in ("x", "y"))
+    assert x[s.fires - 1] and x[s.fires], f"{s.name}: the simulation does not fire; change SEED"
+    assert not any(x[m - 1] or x[m] for m in s.silent) and not y.any(), f"{s.name}: a false alarm; change SEED"
+
+
+def promtool_group(rng: np.random.Generator, s: Scenario) -> str:
     minutes = s.fires + 5
     lines = [f"  - name: '{s.name}'", "    interval: 1m",
              "    external_labels: {" + ", ".join(f"{k}: {v}" for k, v in LINKS.items()) + "}", "    input_series:",
@@ -96,6 +104,7 @@ def test_group(rng: np.random.Generator, s: Scenario) -> str:
              f"version=\"1\", reference=\"abc\"}}'", f"        values: '{constant(1, minutes)}'"]
     columns = {feature: simulate(rng, "feature", s.rows_per_hour, 1, minutes, Change(shift=shift), s.at)
                for feature, shift in (("x", s.shift), ("y", 0.0))}
+    agrees(columns, s)
     for feature, column in columns.items():
         for name, values in series(s, feature, column, minutes):
             lines += [f"      - series: '{name}'", f"        values: '{values}'"]
@@ -123,7 +132,7 @@ def render() -> str:
     rng = np.random.default_rng(SEED)
     head = [f"# {line}".rstrip() for line in (__doc__ or "").strip().splitlines()]
     return "\n".join([*head, "rule_files:", "  - ../rules/*.yml", "", "evaluation_interval: 1m", "", "tests:",
-                      *(test_group(rng, s) for s in SCENARIOS)]) + "\n"
+                      *(promtool_group(rng, s) for s in SCENARIOS)]) + "\n"
 
 
 if __name__ == "__main__":

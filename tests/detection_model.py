@@ -199,9 +199,9 @@ def feature_mean_shift(column: Column) -> np.ndarray:
     count = hourly(column.value_count)
     values_1h = hourly(column.bins.sum(axis=2))
     hour = mean_condition(divide(hourly(column.value_sum), count), count, FEATURE_MEAN_Z, FEATURE_MEAN_EFFECT)
-    count_1d = daily(column.value_count) * 60
-    day = mean_condition(divide(daily(column.value_sum) * 60, count_1d), count_1d, FEATURE_MEAN_Z, FEATURE_MEAN_EFFECT)
-    quiet = (daily(column.bins.sum(axis=2)) * 60 >= MIN_VALUES_1D) & (values_1h < MIN_VALUES_1H)
+    count_1d = daily(column.value_count)
+    day = mean_condition(divide(daily(column.value_sum), count_1d), count_1d, FEATURE_MEAN_Z, FEATURE_MEAN_EFFECT)
+    quiet = (daily(column.bins.sum(axis=2)) >= MIN_VALUES_1D) & (values_1h < MIN_VALUES_1H)
     return kept(hour & (values_1h >= MIN_VALUES_1H) | day & quiet, FEATURE_MEAN_KEEP)
 
 
