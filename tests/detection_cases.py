@@ -114,7 +114,7 @@ def promtool_group(rng: np.random.Generator, s: Scenario) -> str:
     quiet = "; read over the day while the model has under 500 values an hour" if s.window == "day" else ""
     description = (f"Over the last {s.window}, the mean of input feature x of {s.model} 1 moved {effect(columns['x'], s)} "
                    f"training standard deviations from its training mean (alerts from 0.15, and more than 4.5 standard "
-                   f"errors{quiet}).")
+                   f"errors unless set per model{quiet}).")
     lines += ["      - alertname: ModelmonFeatureMeanShift", f"        eval_time: {s.fires}m", "        exp_alerts:",
               f"          - exp_labels: {{severity: warning, team: data-science, job: modelmon, model: {s.model}, "
               f"version: '1', feature: x, window: {s.window}}}",

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from modelmon.serving.metrics import ALERT_THRESHOLDS, MEAN_SHIFT_MIN_EFFECT
+
 DAY = 1440  # minutes
 FLOOR = 1e-4  # the drift rules' floor on shares
 SEED = 14
@@ -28,8 +30,9 @@ SEED = 14
 MIN_VALUES_1H, MIN_VALUES_1D = 500, 1000
 PSI_WARNING = 0.1
 SHARE_EXCESS, SHARE_Z = 0.05, 4.5
-FEATURE_MEAN_Z, FEATURE_MEAN_EFFECT, FEATURE_MEAN_KEEP = 4.5, 0.15, 10  # no for:, keep_firing_for: 10m
-PREDICTION_MEAN_Z, PREDICTION_MEAN_EFFECT = 3.0, 0.2
+FEATURE_MEAN_Z = ALERT_THRESHOLDS["ModelmonFeatureMeanShift"]
+FEATURE_MEAN_EFFECT, FEATURE_MEAN_KEEP = 0.15, 10  # no for:, keep_firing_for: 10m
+PREDICTION_MEAN_Z, PREDICTION_MEAN_EFFECT = ALERT_THRESHOLDS["ModelmonPredictionMeanShift"], MEAN_SHIFT_MIN_EFFECT
 
 # Training data: standard normal columns binned at their deciles within their range (+-3.5),
 # of which a feature 2% missing, a feature often missing (18%: LotFrontage of the Ames data

@@ -183,6 +183,7 @@ ALERT_THRESHOLDS: dict[str, float] = {
     "ModelmonFeatureMissing": 0.05,  # missing share above the reference's
     "ModelmonUnseenCategories": 0.05,  # unseen share above the reference's
     "ModelmonOutOfRange": 0.05,  # below + above share over the reference's
+    "ModelmonFeatureMeanShift": 4.5,  # standard errors of the mean (docs/alerting.md, Detection)
     "ModelmonPredictionMeanShift": 3.0,  # standard errors of the mean
     "ModelmonHighErrorRate": 0.05,  # errors per prediction
     "ModelmonHighLatency": 0.5,  # p95 seconds
