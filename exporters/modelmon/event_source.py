@@ -208,7 +208,7 @@ def _hits_serializer(fields: list[str] | None) -> Any:
     """A JSON serializer that decodes search responses with msgspec straight into events:
     of each hit only ``sort`` and the ``fields`` of its ``_source`` (all of it for None)
     become Python objects, the rest is skipped unparsed. That is cheaper than asking
-    Elasticsearch to filter: its source filtering and ``filter_path`` took 3-4 times the
+    Elasticsearch to filter: its source filtering and ``filter_path`` took 3-5 times the
     node's CPU of sending whole hits. Other responses (point in time, errors) decode as JSON."""
     try:
         import msgspec
