@@ -12,8 +12,14 @@ whose files would leave less than 2 GB free is skipped and said so.
 Also measured in-process: parsing event lines with orjson against the standard json
 module, and the whole report at the first size with orjson disabled.
 
+With ``--elasticsearch 1000000,5000000`` the same events are indexed into a test node
+(or the node at ``--es-url``) and reported from it; at the first size also with fewer
+slices, and the searches alone: modelmon's reader without the report, and a trivial
+client that drops the responses (the node's own ceiling). The node's CPU time is taken
+from its _nodes/stats around each run.
+
 Targets (issue 17): peak RSS at most 400 MB at 1 and 5 million events; at least
-60,000 events/s from event files.
+60,000 events/s from event files and from Elasticsearch.
 """
 from __future__ import annotations
 
@@ -26,10 +32,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from benchmarks.common import CATEGORIES, N_CATEGORICAL, N_NUMERIC, ROOT, table, target, training_data, write_result
+from modelmon.event_source import ES_SLICES
 
 PER_FILE = 100_000
 SHIFT = 0.2  # standard deviations
@@ -147,47 +155,137 @@ def parse_rates(path: Path, lines: int = 50_000) -> dict[str, float]:
 ES_STREAM = "logs-modelmon.predictions-bench"
 
 
-def elasticsearch_runs(workdir: Path, reference: Path, training: Path, n: int) -> dict:
-    """Index n events into a test node (tests/elastic.py), then report from it with 4, 2 and 1 slices."""
-    sys.path.insert(0, str(ROOT / "tests"))
+def es_cpu_seconds(client: Any) -> float:
+    """CPU time of the node's process so far (its own count: _nodes/stats)."""
+    nodes = client.nodes.stats(metric="process")["nodes"].values()
+    return sum(node["process"]["cpu"]["total_in_millis"] for node in nodes) / 1000
+
+
+def index_events(client: Any, workdir: Path, stream: str, first: int, n: int) -> float:
+    """Events first ... first + n - 1 of the event files into ``stream``; the seconds it took."""
     import orjson
-    from elastic import node  # the tests' node: scripts/elasticsearch.sh, on loopback
-    from elasticsearch import Elasticsearch, helpers
+    from elasticsearch import helpers
+
+    files = sorted(events_dir(workdir, -(-(first + n) // PER_FILE) * PER_FILE).glob("*.jsonl"))[first // PER_FILE:]
+
+    def actions():
+        skip, left = first % PER_FILE, n
+        for file in files:
+            with open(file, "rb") as handle:
+                for line in handle:
+                    if skip:
+                        skip -= 1
+                        continue
+                    if left == 0:
+                        return
+                    left -= 1
+                    yield {"_op_type": "create", "_index": stream, "_source": orjson.loads(line)}
+
+    started = time.perf_counter()
+    for ok, item in helpers.streaming_bulk(client, actions(), chunk_size=2000, raise_on_error=True):
+        assert ok, item
+    client.indices.refresh(index=stream)
+    return time.perf_counter() - started
+
+
+def searches_alone(url: str, streams: str, slices: int, decode: bool) -> dict:
+    """The report's searches without the report: modelmon's reader (``decode``), or a trivial
+    client (urllib3, one thread a slice) that drops each response unparsed but for the last
+    hit's sort value: what the node alone serves."""
+    import threading
+
+    import orjson
+    import urllib3
+
+    from modelmon import event_source
+    from modelmon.report import REPORT_FIELDS
+
+    started, cpu = time.perf_counter(), time.process_time()
+    if decode:
+        with_slices = event_source.read_elasticsearch(url, None, event_source.EventStats(), streams, slices,
+                                                      fields=list(REPORT_FIELDS))
+        events = sum(1 for _ in with_slices)
+    else:
+        http = urllib3.PoolManager(maxsize=slices)
+        headers = {"Content-Type": "application/json"}
+        pit = orjson.loads(http.request("POST", f"{url}/{streams}/_pit?keep_alive=5m").data)["id"]
+        counts = [0] * slices
+
+        def read(i: int) -> None:
+            after = None
+            while True:
+                body = {"pit": {"id": pit, "keep_alive": "5m"}, "size": event_source.ES_PAGE,
+                        "sort": ["_shard_doc"], "track_total_hits": False, **({"search_after": after} if after else {})}
+                if slices > 1:
+                    body["slice"] = {"id": i, "max": slices}
+                data = http.request("POST", f"{url}/_search", body=orjson.dumps(body), headers=headers).data
+                hits = data.count(b'"_index":')
+                counts[i] += hits
+                if hits < event_source.ES_PAGE:
+                    return
+                at = data.rindex(b'"sort":[') + 7
+                after = orjson.loads(data[at:data.index(b"]", at) + 1])
+
+        threads = [threading.Thread(target=read, args=(i,)) for i in range(slices)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        http.request("DELETE", f"{url}/_pit", body=orjson.dumps({"id": pit}), headers=headers)
+        events = sum(counts)
+    return {"events": events, "report_s": time.perf_counter() - started, "cpu_s": time.process_time() - cpu}
+
+
+def elasticsearch_runs(workdir: Path, reference: Path, training: Path, sizes: list[int], url: str | None) -> dict:
+    """For each size (ascending): index the events up to it into a test node (tests/elastic.py)
+    or the node at ``url``, one data stream per step (a stream that already holds its events
+    is kept), then report from it with the default slices, at the first size also with 2 and
+    1 slices and the searches alone. The node's CPU is measured around each run."""
+    from elasticsearch import Elasticsearch
 
     from modelmon.pipeline.elk_setup import DEFAULT_ASSETS, install_elasticsearch
 
-    es_node = node()
+    es_node = None
+    if url is None:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from elastic import node  # the tests' node: scripts/elasticsearch.sh, on loopback
+
+        es_node = node()
+        url = es_node.url
     try:
-        client = Elasticsearch(es_node.url, request_timeout=120)
+        client = Elasticsearch(url, request_timeout=120)
         install_elasticsearch(client, DEFAULT_ASSETS)
-        files = sorted(events_dir(workdir, -(-n // PER_FILE) * PER_FILE).glob("*.jsonl"))
-
-        def actions():
-            left = n
-            for file in files:
-                with open(file, "rb") as handle:
-                    for line in handle:
-                        if left == 0:
-                            return
-                        left -= 1
-                        yield {"_op_type": "create", "_index": ES_STREAM, "_source": orjson.loads(line)}
-
-        started = time.perf_counter()
-        indexed = sum(ok for ok, _ in helpers.streaming_bulk(client, actions(), chunk_size=2000,
-                                                              raise_on_error=True))
-        client.indices.refresh(index=ES_STREAM)
-        index_seconds = time.perf_counter() - started
-        print(f"Elasticsearch: {indexed:,} events indexed in {index_seconds:.0f}s", flush=True)
-        runs = {}
-        for slices in (4, 2, 1):
-            runs[slices] = run_report(reference, training, es_node.url, workdir / f"report-es-{slices}",
-                                      f"slices={slices}", ("--es-index", ES_STREAM))
-            r = runs[slices]
-            print(f"Elasticsearch, {slices} slice(s): {r['report_s']:.1f}s, {r['events'] / r['report_s']:,.0f} "
-                  f"events/s, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
-        return {"indexed": indexed, "index_seconds": index_seconds, "runs": runs}
+        runs, streams, indexed = [], [], {}
+        for step, n in enumerate(sizes):
+            first = sizes[step - 1] if step else 0
+            stream = ES_STREAM + (str(step + 1) if step else "")
+            streams.append(stream)
+            have = client.count(index=stream, ignore_unavailable=True)["count"]
+            if have not in (0, n - first):
+                raise RuntimeError(f"{stream} holds {have:,} events, not the {n - first:,} of this step: delete it")
+            if have == 0:
+                indexed[n] = index_events(client, workdir, stream, first, n - first)
+                print(f"Elasticsearch: events {first:,} to {n:,} indexed in {indexed[n]:.0f}s", flush=True)
+            contenders: list[tuple[str, Any]] = [("report", None)]
+            if step == 0:
+                contenders += [("report", 2), ("report", 1), ("reader alone", None), ("node alone", None)]
+            for kind, slices in contenders:
+                es_cpu, load = es_cpu_seconds(client), os.getloadavg()[0]
+                if kind == "report":
+                    r = run_report(reference, training, url, workdir / "report-es", f"slices={slices or ES_SLICES}",
+                                   ("--es-index", ",".join(streams)))
+                else:
+                    r = searches_alone(url, ",".join(streams), ES_SLICES, decode=kind == "reader alone")
+                r.update(kind=kind, slices=slices or ES_SLICES, es_cpu_s=es_cpu_seconds(client) - es_cpu,
+                         load=(load, os.getloadavg()[0]))
+                runs.append(r)
+                print(f"Elasticsearch, {kind}, {r['slices']} slice(s): {r['events']:,} events, {r['report_s']:.1f}s, "
+                      f"{r['events'] / r['report_s']:,.0f} events/s, CPU {r['cpu_s']:.1f}s, node CPU "
+                      f"{r['es_cpu_s']:.1f}s, load {load:.1f}", flush=True)
+        return {"indexed_seconds": indexed, "runs": runs}
     finally:
-        es_node.remove()
+        if es_node is not None:
+            es_node.remove()
 
 
 def main() -> None:
@@ -196,8 +294,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="100,000 events only")
     parser.add_argument("--sizes", default="100000,1000000,5000000")
     parser.add_argument("--workdir", type=Path, help="keep the event files here (default: a temporary directory)")
-    parser.add_argument("--elasticsearch", type=int, metavar="N", default=0,
+    parser.add_argument("--elasticsearch", metavar="N[,N...]", default="",
                         help="also index N events into a test node (tests/elastic.py) and report from it")
+    parser.add_argument("--es-url", help="with --elasticsearch: this node instead of a fresh test node (its "
+                                         f"{ES_STREAM}* streams are kept when they hold the events)")
     args = parser.parse_args()
     sizes = [100_000] if args.quick else [int(s) for s in args.sizes.split(",")]
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="modelmon-bench-report-"))
@@ -222,7 +322,8 @@ def main() -> None:
         first = sizes[0]
         stdlib = run_report(reference, training, events_dir(workdir, first), workdir / "report-stdlib", "stdlib")
         rates = parse_rates(workdir / "files" / "predictions-000.jsonl")
-        elastic = elasticsearch_runs(workdir, reference, training, args.elasticsearch) if args.elasticsearch else None
+        es_sizes = sorted(int(n) for n in args.elasticsearch.split(",")) if args.elasticsearch else []
+        elastic = elasticsearch_runs(workdir, reference, training, es_sizes, args.es_url) if es_sizes else None
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -233,15 +334,24 @@ def main() -> None:
 
     rows = [row(f"{n:,}", r) for n, r in results.items()]
     rows.append(row(f"{first:,} (json, no orjson)", stdlib))
-    if elastic:
-        for slices, r in elastic["runs"].items():
-            rows.append(row(f"{r['events']:,} from Elasticsearch, {slices} slice(s)", r))
     markdown = (table(["events", "seconds", "events/s", "CPU s", "events per CPU s", "peak RSS MB", "sample rows",
                        "drifting"], rows)
                 + "\n\nCPU s: user + system time of the report process, which a loaded machine does not inflate "
                   "as much as it does the wall time (Elasticsearch's own work is not in it)."
                 + f"\n\nParsing one event line: json {rates['json']:,.0f}/s, orjson {rates['orjson']:,.0f}/s."
                 + (f" Skipped for disk space: {', '.join(f'{n:,}' for n in skipped)}." if skipped else ""))
+    if elastic:
+        es_rows = [[f"{r['kind']}, {r['slices']} slice(s)", f"{r['events']:,}", f"{r['report_s']:.1f}",
+                    f"{r['events'] / r['report_s']:,.0f}", f"{r['cpu_s']:.1f}", f"{r['es_cpu_s']:.1f}",
+                    f"{r['events'] / (r['cpu_s'] + r['es_cpu_s']):,.0f}",
+                    f"{r['peak_rss_mb']:.0f}" if "peak_rss_mb" in r else "",
+                    f"{r['load'][0]:.1f} / {r['load'][1]:.1f}"] for r in elastic["runs"]]
+        markdown += ("\n\nFrom Elasticsearch (the tests' node, 512 MB heap, on the same cores):\n\n"
+                     + table(["run", "events", "seconds", "events/s", "CPU s", "node CPU s",
+                              "events per CPU s (both)", "peak RSS MB", "load before / after"], es_rows)
+                     + "\n\nnode CPU s: the node's own count (_nodes/stats) over the run. *reader alone*: "
+                       "modelmon's reader in-process without the report; *node alone*: the same searches from a "
+                       "trivial client that drops each response unparsed (what the node serves by itself).")
     targets = []
     for n in (1_000_000, 5_000_000):
         if n in results:
@@ -254,11 +364,14 @@ def main() -> None:
     rate = largest / results[largest]["report_s"]
     targets.append(target(f"events/s from event files >= {RATE_TARGET:,}", f"{rate:,.0f} at {largest:,}",
                           rate >= RATE_TARGET if largest >= 1_000_000 else None))
-    if elastic:
-        r = elastic["runs"][4]
-        rate = r["events"] / r["report_s"]
-        targets.append(target(f"events/s from Elasticsearch >= {RATE_TARGET:,}", f"{rate:,.0f} at {r['events']:,}",
-                              rate >= RATE_TARGET))
+    for r in elastic["runs"] if elastic else []:
+        if r["kind"] == "report" and r["slices"] == ES_SLICES:
+            rate = r["events"] / r["report_s"]
+            targets.append(target(f"events/s from Elasticsearch >= {RATE_TARGET:,}", f"{rate:,.0f} at {r['events']:,}",
+                                  rate >= RATE_TARGET))
+            if r["events"] in (1_000_000, 5_000_000):
+                targets.append(target(f"peak RSS from Elasticsearch at {r['events']:,} events <= {RSS_TARGET_MB} MB",
+                                      f"{r['peak_rss_mb']:.0f} MB", r["peak_rss_mb"] <= RSS_TARGET_MB))
     data = {"results": {str(n): r for n, r in results.items()}, "stdlib_json": stdlib, "parse_rates": rates,
             "skipped": skipped, "elasticsearch": elastic}
     write_result(args, "modelmon report: events/s and peak memory", markdown, targets, data)

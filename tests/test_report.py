@@ -472,3 +472,14 @@ def test_reads_the_same_events_from_elasticsearch(setup, es, elastic, tmp_path, 
     first = next(some)
     some.close()
     assert set(first) == {"modelmon.inputs", "event.id"} and set(first["modelmon.inputs"]) == {"area", "rooms", "city"}
+    # documents with nested objects give the same dotted fields; a refused search reads as Elasticsearch's reason
+    nested = f"logs-modelmon.predictions-{namespace()}"
+    es.index(index=nested, op_type="create", refresh=True, document={
+        "@timestamp": "2026-01-01T00:00:00Z", "event": {"id": "n-1", "outcome": "success"},
+        "modelmon": {"model": "house", "inputs": {"area": 50.0, "city": "lyon"}}})
+    (event,) = event_source.read_elasticsearch(elastic.url, None, event_source.EventStats(), nested,
+                                               fields=["modelmon.inputs", "event.id"])
+    assert event["modelmon.inputs"] == {"area": 50.0, "city": "lyon"} and event["event.id"] == "n-1"
+    monkeypatch.setattr(event_source, "ES_PAGE", -1)
+    with pytest.raises(event_source.SourceError, match=f"cannot read {stream}: .*size"):
+        list(event_source.read_elasticsearch(elastic.url, None, event_source.EventStats(), stream, 2))
