@@ -14,6 +14,6 @@ fi
 [ -x "$VENV/bin/python" ] || "${PYTHON:-python3}" -m venv "$VENV"
 "$VENV/bin/pip" install -q --upgrade pip
 cd "$ROOT"
-"$VENV/bin/pip" install -q -r benchmarks/requirements.txt -e '.[flask,gunicorn]'
+"$VENV/bin/pip" install -q -r benchmarks/requirements.txt -e '.[flask,gunicorn,report,elastic]'
 scripts/elasticsearch.sh install >/dev/null \
   || echo "benchmarks/setup.sh: no Elasticsearch, the log-pipeline benchmark will report 'not run'" >&2
