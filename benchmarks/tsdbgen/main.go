@@ -163,13 +163,14 @@ func main() {
 					counter(bigStart, perScrape*ref(f, b), true, "modelmon_feature_bin_total", "feature", feature, "bin", bin)
 					gauge(bigStart, ref(f, b), "modelmon_reference_bin_ratio", "feature", feature, "bin", bin)
 				}
-				mu, sd := float64(f-20), 5.0
-				p := 0.5 * math.Erfc(-mu/(sd*math.Sqrt2))
+				// values ~ N(mu, sd), the training distribution: per value, E[X; X >= 0] summed
+				// by sign="positive" and E[-X; X < 0] by sign="negative", so the live mean is mu
+				mu, sd, p, pos, neg := normal(f)
 				valid := perScrape * 0.975
 				counter(bigStart, valid*p, true, "modelmon_feature_value_count", "feature", feature, "sign", "positive")
 				counter(bigStart, valid*(1-p), true, "modelmon_feature_value_count", "feature", feature, "sign", "negative")
-				counter(bigStart, valid*p*math.Max(mu, 0)+valid*p*2, false, "modelmon_feature_value_sum", "feature", feature, "sign", "positive")
-				counter(bigStart, valid*(1-p)*math.Max(-mu, 0)+valid*(1-p)*2, false, "modelmon_feature_value_sum", "feature", feature, "sign", "negative")
+				counter(bigStart, valid*pos, false, "modelmon_feature_value_sum", "feature", feature, "sign", "positive")
+				counter(bigStart, valid*neg, false, "modelmon_feature_value_sum", "feature", feature, "sign", "negative")
 				gauge(bigStart, mu, "modelmon_reference_mean", "feature", feature)
 				gauge(bigStart, sd, "modelmon_reference_stddev", "feature", feature)
 			}
@@ -242,18 +243,21 @@ func main() {
 				for b, bin := range bins {
 					rec("model_feature_bin:modelmon_feature_bin:rate5m", n**rows*ref(f, b), "feature", feature, "bin", bin)
 				}
-				for _, sign := range []string{"positive", "negative"} {
-					rec("model_feature:modelmon_feature_value_count:rate5m", n**rows*0.5, "feature", feature, "sign", sign)
-					rec("model_feature:modelmon_feature_value_sum:rate5m", n**rows*2, "feature", feature, "sign", sign)
-				}
+				_, _, p, pos, neg := normal(f)
+				valid := n * *rows * 0.975
+				rec("model_feature:modelmon_feature_value_count:rate5m", valid*p, "feature", feature, "sign", "positive")
+				rec("model_feature:modelmon_feature_value_count:rate5m", valid*(1-p), "feature", feature, "sign", "negative")
+				rec("model_feature:modelmon_feature_value_sum:rate5m", valid*pos, "feature", feature, "sign", "positive")
+				rec("model_feature:modelmon_feature_value_sum:rate5m", valid*neg, "feature", feature, "sign", "negative")
 			}
 			for b, bin := range bins {
 				rec("model_output_bin:modelmon_prediction_bin:rate5m", n**rows*ref(*features, b), "output", "score", "bin", bin)
 			}
-			for _, sign := range []string{"positive", "negative"} {
-				rec("model_output:modelmon_prediction_value_count:rate5m", n**rows*0.5, "output", "score", "sign", sign)
-				rec("model_output:modelmon_prediction_value_sum:rate5m", n**rows*2, "output", "score", "sign", sign)
-			}
+			// as the served predictions: 60% >= 0 averaging 3, 40% < 0 averaging -2 (mean 1)
+			rec("model_output:modelmon_prediction_value_count:rate5m", n**rows*0.6, "output", "score", "sign", "positive")
+			rec("model_output:modelmon_prediction_value_count:rate5m", n**rows*0.4, "output", "score", "sign", "negative")
+			rec("model_output:modelmon_prediction_value_sum:rate5m", n**rows*0.6*3, "output", "score", "sign", "positive")
+			rec("model_output:modelmon_prediction_value_sum:rate5m", n**rows*0.4*2, "output", "score", "sign", "negative")
 		}
 	}
 	fmt.Printf("series %d\n", len(all))
@@ -399,6 +403,15 @@ func serveContinuation(addr string, all []*series, end, step int64) {
 	fmt.Printf("listening %s\n", ln.Addr())
 	os.Stdout.Sync()
 	check(http.Serve(ln, nil))
+}
+
+// normal is feature f's value distribution N(mu, sd), the reference's: the share of values
+// >= 0, and per value the mean of X 1(X >= 0) and of -X 1(X < 0) (truncated normal moments).
+func normal(f int) (mu, sd, p, pos, neg float64) {
+	mu, sd = float64(f-20), 5.0
+	p = 0.5 * math.Erfc(-mu/(sd*math.Sqrt2))
+	phi := math.Exp(-mu*mu/(2*sd*sd)) / math.Sqrt(2*math.Pi)
+	return mu, sd, p, mu*p + sd*phi, -mu*(1-p) + sd*phi
 }
 
 func check(err error) {
