@@ -3,8 +3,10 @@
 The events are written to event files as the monitor writes them (20 features, 15
 numeric and 5 categorical, and a ``price`` output; about 1.2 KB a line), drawn from the
 training distributions with the numeric inputs shifted by 0.2 standard deviations. Each
-size runs ``modelmon report --training`` in a fresh subprocess; its peak RSS is that
-process's own (``ru_maxrss`` from ``wait4``, the VmHWM of /proc at its exit). The
+size runs ``modelmon report --training`` in a fresh subprocess, with its default ``--jobs``
+(worker processes) and at the first size also with ``--jobs 1`` (all in one process, as
+before issue 17's workers); its peak RSS is the peak of the RSS summed over the process
+and its workers (psutil, sampled every 20 ms), its CPU time theirs together (``wait4``). The
 event files are made once, 100,000 events a file, in ``--workdir`` (default a
 temporary directory, removed at the end): 5 million events take about 6 GB, so a size
 whose files would leave less than 2 GB free is skipped and said so.
@@ -14,7 +16,7 @@ module, and the whole report at the first size with orjson disabled.
 
 With ``--elasticsearch 1000000,5000000`` the same events are indexed into a test node
 (or the node at ``--es-url``) and reported from it; at the first size also with fewer
-slices, and the searches alone: modelmon's reader without the report, and a trivial
+slices and with ``--jobs 1``, and the searches alone: modelmon's reader without the report, and a trivial
 client that drops the responses (the node's own ceiling). The node's CPU time is taken
 from its _nodes/stats around each run.
 
@@ -30,14 +32,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
 from benchmarks.common import CATEGORIES, N_CATEGORICAL, N_NUMERIC, ROOT, table, target, training_data, write_result
-from modelmon.event_source import ES_SLICES
+from modelmon.analysis.event_source import ES_SLICES
 
 PER_FILE = 100_000
 SHIFT = 0.2  # standard deviations
@@ -49,8 +53,6 @@ from modelmon.cli import main
 for setting in sys.argv[1].split(","):
     if setting == "stdlib":
         event_source._fast_loads = None
-    elif setting.startswith("slices="):
-        event_source.ES_SLICES = int(setting.split("=")[1])
     elif setting.startswith("page="):
         event_source.ES_PAGE = int(setting.split("=")[1])
 start = time.perf_counter()
@@ -115,14 +117,43 @@ def events_dir(workdir: Path, n: int) -> Path:
     return target_dir
 
 
+def tree_rss_peak(pid: int, done: threading.Event, peak: dict, every: float = 0.02) -> None:
+    """Sample the RSS summed over process ``pid`` and its descendants until ``done``:
+    ``peak["tree_mb"]`` its maximum, ``peak["processes"]`` the most processes at once."""
+    try:
+        root = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    while not done.wait(every):
+        total, count = 0, 0
+        try:
+            tree = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return
+        for process in tree:
+            try:
+                total += process.memory_info().rss
+                count += 1
+            except psutil.NoSuchProcess:
+                pass
+        peak["tree_mb"] = max(peak.get("tree_mb", 0.0), total / 2 ** 20)
+        peak["processes"] = max(peak.get("processes", 0), count)
+
+
 def run_report(reference: Path, training: Path, events: Path | str, out: Path, parser: str = "orjson",
-               extra: tuple[str, ...] = ()) -> dict:
+               extra: tuple[str, ...] = (), jobs: int | None = None) -> dict:
     argv = [sys.executable, "-c", RUNNER, parser, "report", "--reference", str(reference), "--training",
-            str(training), "--events", str(events), "-o", str(out), *extra]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "exporters")}
+            str(training), "--events", str(events), "-o", str(out), *extra,
+            *(("--jobs", str(jobs)) if jobs else ())]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "exporters"), *sys.path])}
     started = time.perf_counter()
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    done, peak = threading.Event(), {}
+    sampler = threading.Thread(target=tree_rss_peak, args=(process.pid, done, peak), daemon=True)
+    sampler.start()
     _, status, usage = os.wait4(process.pid, 0)
+    done.set()
+    sampler.join()
     wall = time.perf_counter() - started
     stdout, stderr = process.stdout.read().decode(), process.stderr.read().decode()
     process.returncode = os.waitstatus_to_exitcode(status)
@@ -130,8 +161,10 @@ def run_report(reference: Path, training: Path, events: Path | str, out: Path, p
         raise RuntimeError(f"report failed ({process.returncode}): {stderr[-2000:]}")
     seconds = float(stderr.split("SECONDS")[-1].split()[0])
     report = json.loads(out.with_suffix(".json").read_text())
-    return {"wall_s": wall, "report_s": seconds, "cpu_s": usage.ru_utime + usage.ru_stime,
-            "peak_rss_mb": usage.ru_maxrss / 1024, "summary": stdout.strip(),
+    # wait4's usage counts the workers too (reaped by the report process): CPU summed, RSS the largest one's
+    return {"wall_s": wall, "report_s": seconds, "cpu_s": usage.ru_utime + usage.ru_stime, "jobs": jobs,
+            "peak_rss_mb": peak.get("tree_mb", usage.ru_maxrss / 1024), "largest_rss_mb": usage.ru_maxrss / 1024,
+            "processes": peak.get("processes", 1), "summary": stdout.strip(),
             "events": report["events"]["read"], "drifting": report["drifting"],
             "too_few_to_call": report["too_few_to_call"], "sample": report["sample"]}
 
@@ -197,8 +230,8 @@ def searches_alone(url: str, streams: str, slices: int, decode: bool) -> dict:
     import orjson
     import urllib3
 
-    from modelmon import event_source
-    from modelmon.report import REPORT_FIELDS
+    from modelmon.analysis import event_source
+    from modelmon.analysis.report import REPORT_FIELDS
 
     started, cpu = time.perf_counter(), time.process_time()
     if decode:
@@ -266,20 +299,21 @@ def elasticsearch_runs(workdir: Path, reference: Path, training: Path, sizes: li
             if have == 0:
                 indexed[n] = index_events(client, workdir, stream, first, n - first)
                 print(f"Elasticsearch: events {first:,} to {n:,} indexed in {indexed[n]:.0f}s", flush=True)
-            contenders: list[tuple[str, Any]] = [("report", None)]
-            if step == 0:
-                contenders += [("report", 2), ("report", 1), ("reader alone", None), ("node alone", None)]
-            for kind, slices in contenders:
+            contenders: list[tuple[str, int | None]] = [("report", None)]  # (kind, --jobs)
+            if step == 0:  # in turn, twice: one process against the default workers
+                contenders = [("report", 1), ("report", None)] * 2 + [("reader alone", None), ("node alone", None)]
+            for kind, jobs in contenders:
                 es_cpu, load = es_cpu_seconds(client), os.getloadavg()[0]
                 if kind == "report":
-                    r = run_report(reference, training, url, workdir / "report-es", f"slices={slices or ES_SLICES}",
-                                   ("--es-index", ",".join(streams)))
+                    r = run_report(reference, training, url, workdir / "report-es", extra=("--es-index", ",".join(streams)),
+                                   jobs=jobs)
                 else:
                     r = searches_alone(url, ",".join(streams), ES_SLICES, decode=kind == "reader alone")
-                r.update(kind=kind, slices=slices or ES_SLICES, es_cpu_s=es_cpu_seconds(client) - es_cpu,
+                r.update(kind=kind, slices=ES_SLICES, es_cpu_s=es_cpu_seconds(client) - es_cpu,
                          load=(load, os.getloadavg()[0]))
                 runs.append(r)
-                print(f"Elasticsearch, {kind}, {r['slices']} slice(s): {r['events']:,} events, {r['report_s']:.1f}s, "
+                print(f"Elasticsearch, {kind}, {r['slices']} slice(s), jobs {jobs or 'default'}: {r['events']:,} "
+                      f"events, {r['report_s']:.1f}s, "
                       f"{r['events'] / r['report_s']:,.0f} events/s, CPU {r['cpu_s']:.1f}s, node CPU "
                       f"{r['es_cpu_s']:.1f}s, load {load:.1f}", flush=True)
         return {"indexed_seconds": indexed, "runs": runs}
@@ -315,12 +349,17 @@ def main() -> None:
             started = time.perf_counter()
             events = events_dir(workdir, n)
             print(f"{n:,} events: files ready in {time.perf_counter() - started:.0f}s", flush=True)
-            results[n] = run_report(reference, training, events, workdir / f"report-{n}")
-            r = results[n]
-            print(f"{n:,} events: {r['report_s']:.1f}s, {n / r['report_s']:,.0f} events/s, peak RSS "
-                  f"{r['peak_rss_mb']:.0f} MB; drifting {len(r['drifting'])}", flush=True)
+            for jobs in (None, 1) if n == sizes[0] else (None,):
+                load = os.getloadavg()[0]
+                r = run_report(reference, training, events, workdir / f"report-{n}", jobs=jobs)
+                r["load"] = (load, os.getloadavg()[0])
+                results[(n, jobs)] = r
+                print(f"{n:,} events, jobs {jobs or 'default'}: {r['report_s']:.1f}s, {n / r['report_s']:,.0f} "
+                      f"events/s, peak RSS {r['peak_rss_mb']:.0f} MB ({r['processes']} processes), load "
+                      f"{load:.1f}; drifting {len(r['drifting'])}", flush=True)
         first = sizes[0]
-        stdlib = run_report(reference, training, events_dir(workdir, first), workdir / "report-stdlib", "stdlib")
+        stdlib = run_report(reference, training, events_dir(workdir, first), workdir / "report-stdlib", "stdlib",
+                            jobs=1)  # the setting holds in the report process only
         rates = parse_rates(workdir / "files" / "predictions-000.jsonl")
         es_sizes = sorted(int(n) for n in args.elasticsearch.split(",")) if args.elasticsearch else []
         elastic = elasticsearch_runs(workdir, reference, training, es_sizes, args.es_url) if es_sizes else None
@@ -328,20 +367,25 @@ def main() -> None:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
     def row(name: str, r: dict) -> list:
-        return [name, f"{r['report_s']:.1f}", f"{r['events'] / r['report_s']:,.0f}", f"{r['cpu_s']:.1f}",
-                f"{r['events'] / r['cpu_s']:,.0f}", f"{r['peak_rss_mb']:.0f}", f"{r['sample']['rows']:,}",
-                len(r["drifting"])]
+        return [name, r["processes"], f"{r['report_s']:.1f}", f"{r['events'] / r['report_s']:,.0f}",
+                f"{r['cpu_s']:.1f}", f"{r['events'] / r['cpu_s']:,.0f}", f"{r['peak_rss_mb']:.0f}",
+                f"{r['largest_rss_mb']:.0f}", f"{r['sample']['rows']:,}", len(r["drifting"]),
+                f"{r['load'][0]:.1f} / {r['load'][1]:.1f}" if "load" in r else ""]
 
-    rows = [row(f"{n:,}", r) for n, r in results.items()]
+    rows = [row(f"{n:,}, --jobs {jobs or 'default'}", r) for (n, jobs), r in results.items()]
     rows.append(row(f"{first:,} (json, no orjson)", stdlib))
-    markdown = (table(["events", "seconds", "events/s", "CPU s", "events per CPU s", "peak RSS MB", "sample rows",
-                       "drifting"], rows)
-                + "\n\nCPU s: user + system time of the report process, which a loaded machine does not inflate "
-                  "as much as it does the wall time (Elasticsearch's own work is not in it)."
+    markdown = (table(["events", "processes", "seconds", "events/s", "CPU s", "events per CPU s",
+                       "peak RSS MB (all processes)", "largest process MB", "sample rows", "drifting",
+                       "load before / after"], rows)
+                + "\n\nCPU s: user + system time of the report process and its workers, which a loaded machine "
+                  "does not inflate as much as it does the wall time (Elasticsearch's own work is not in it). "
+                  "processes: the most at once (the report, its workers, multiprocessing's resource tracker)."
                 + f"\n\nParsing one event line: json {rates['json']:,.0f}/s, orjson {rates['orjson']:,.0f}/s."
                 + (f" Skipped for disk space: {', '.join(f'{n:,}' for n in skipped)}." if skipped else ""))
     if elastic:
-        es_rows = [[f"{r['kind']}, {r['slices']} slice(s)", f"{r['events']:,}", f"{r['report_s']:.1f}",
+        es_rows = [[f"{r['kind']}, {r['slices']} slice(s)"
+                    + (f", --jobs {r['jobs'] or 'default'}, {r['processes']} processes" if r["kind"] == "report" else ""),
+                    f"{r['events']:,}", f"{r['report_s']:.1f}",
                     f"{r['events'] / r['report_s']:,.0f}", f"{r['cpu_s']:.1f}", f"{r['es_cpu_s']:.1f}",
                     f"{r['events'] / (r['cpu_s'] + r['es_cpu_s']):,.0f}",
                     f"{r['peak_rss_mb']:.0f}" if "peak_rss_mb" in r else "",
@@ -353,26 +397,27 @@ def main() -> None:
                        "modelmon's reader in-process without the report; *node alone*: the same searches from a "
                        "trivial client that drops each response unparsed (what the node serves by itself).")
     targets = []
+    results_default = {n: r for (n, jobs), r in results.items() if jobs is None}
     for n in (1_000_000, 5_000_000):
-        if n in results:
-            rss = results[n]["peak_rss_mb"]
+        if n in results_default:
+            rss = results_default[n]["peak_rss_mb"]
             targets.append(target(f"peak RSS at {n:,} events <= {RSS_TARGET_MB} MB", f"{rss:.0f} MB",
                                   rss <= RSS_TARGET_MB))
         elif n in sizes:
             targets.append(target(f"peak RSS at {n:,} events <= {RSS_TARGET_MB} MB", "not run (disk)", None))
-    largest = max(results)
-    rate = largest / results[largest]["report_s"]
+    largest = max(results_default)
+    rate = largest / results_default[largest]["report_s"]
     targets.append(target(f"events/s from event files >= {RATE_TARGET:,}", f"{rate:,.0f} at {largest:,}",
                           rate >= RATE_TARGET if largest >= 1_000_000 else None))
     for r in elastic["runs"] if elastic else []:
-        if r["kind"] == "report" and r["slices"] == ES_SLICES:
+        if r["kind"] == "report" and r["jobs"] is None:
             rate = r["events"] / r["report_s"]
             targets.append(target(f"events/s from Elasticsearch >= {RATE_TARGET:,}", f"{rate:,.0f} at {r['events']:,}",
                                   rate >= RATE_TARGET))
             if r["events"] in (1_000_000, 5_000_000):
                 targets.append(target(f"peak RSS from Elasticsearch at {r['events']:,} events <= {RSS_TARGET_MB} MB",
                                       f"{r['peak_rss_mb']:.0f} MB", r["peak_rss_mb"] <= RSS_TARGET_MB))
-    data = {"results": {str(n): r for n, r in results.items()}, "stdlib_json": stdlib, "parse_rates": rates,
+    data = {"results": {f"{n}, jobs {jobs or 'default'}": r for (n, jobs), r in results.items()}, "stdlib_json": stdlib, "parse_rates": rates,
             "skipped": skipped, "elasticsearch": elastic}
     write_result(args, "modelmon report: events/s and peak memory", markdown, targets, data)
 

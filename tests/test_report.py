@@ -22,7 +22,8 @@ from modelmon.analysis import event_source
 from modelmon.cli import main
 from modelmon.analysis.drift import SHARE_FLOOR
 from modelmon.pipeline.events import EventLog, Redaction
-from modelmon.analysis.report import LiveData, analyse
+from modelmon.analysis import parallel
+from modelmon.analysis.report import Live, LiveData, analyse
 from modelmon.pipeline.shipper import Shipper, ShipperConfig
 
 CITIES = ["paris", "lyon", "nice"]
@@ -370,6 +371,72 @@ def test_memory_is_bounded_by_the_sample_and_the_segment_cap(setup, tmp_path, ca
     assert again == small
 
 
+def split_events(source: Path, target: Path, parts: int) -> Path:
+    """The event lines of ``source`` in ``parts`` files of ``target``, in order."""
+    lines = [line for f in sorted(source.glob("predictions-*.jsonl")) for line in f.read_text().splitlines(True)]
+    target.mkdir()
+    for i in range(parts):
+        (target / f"predictions-{i}.jsonl").write_text("".join(lines[len(lines) * i // parts:
+                                                                   len(lines) * (i + 1) // parts]))
+    return target
+
+
+def test_jobs_give_the_report_of_one_process(setup, tmp_path, capsys):
+    root, *_ = setup
+    events = split_events(root / "events", tmp_path / "split", 3)
+    args = ["--reference", root / "reference.yaml", "--training", root / "train.csv", "--events", events,
+            "--segment", "city"]
+    reports = [report(capsys, tmp_path, *args, "--jobs", jobs)[1] for jobs in (1, 2, 3)]
+    for rep in reports:
+        del rep["generated_at"]
+    assert reports[0]["events"]["read"] == 3000 and reports[0]["sample"]["rows"] == 3000
+    assert reports[1] == reports[0] and reports[2] == reports[0]
+    code, _, err = report(capsys, tmp_path, *args, "--jobs", 0)
+    assert code == 2 and "--jobs: expected at least 1" in err
+
+
+def partial(reference: Reference, area: float, rows: int, group: str, seed: int, size: int = 400) -> Live:
+    """A worker's Live: ``rows`` rows of ``group``, area ``area`` + row / 1e6 (to tell rows apart)."""
+    live = Live(reference, "city", sample_size=size, max_segments=2, seed=seed, chunk=1000)
+    columns = {"area": (area + np.arange(rows) / 1e6).tolist(), "rooms": [3.0] * rows, "city": [group] * rows,
+               "price": [300.0] * rows}
+    for start in range(0, rows, 1000):
+        live.fold({k: v[start:start + 1000] for k, v in columns.items()}, [group] * len(columns["city"][start:start + 1000]))
+    live.events = rows
+    return live
+
+
+def test_merged_samples_are_uniform_over_the_union(reference):
+    shares = []
+    for seed in range(20):
+        merged = parallel.merge([partial(reference, 1.0, 3000, "paris", 2 * seed),
+                                 partial(reference, 2.0, 1000, "lyon", 2 * seed + 1)], seed=seed)
+        area = merged.sample_values("area")
+        assert merged.offered == 4000 and len(area) == merged.sampled_rows == 400
+        assert len(set(area.tolist())) == 400  # no row twice
+        from_first = area[area < 2.0]
+        shares.append(len(from_first) / 400)
+        # within a part, uniform too: the rows' positions average half the part
+        assert abs(np.mean((from_first - 1.0) * 1e6) - 1500) < 300
+    # 3000 of 4000 rows: 3/4 of the sample (the mean of 20 hypergeometric shares: sd 0.005)
+    assert abs(np.mean(shares) - 0.75) < 0.02 and min(shares) > 0.65 and max(shares) < 0.85
+    # counts add, segments by name, each sampled row keeps its segment
+    assert merged.counts["area"].sum() == 4000 and merged.segments == ["paris", "lyon"]
+    assert merged.group_finite["area"] == [3000, 1000] and merged.segment_rows == [3000, 1000]
+    codes = merged.sample_groups[:400]
+    assert (area[codes == 0] < 2.0).all() and (area[codes == 1] >= 2.0).all()
+
+
+def test_merged_segments_keep_the_cap_on_the_totals(reference):
+    # max_segments 2: nice is the biggest over both parts though neither part has it first
+    parts = [partial(reference, 1.0, 10, "paris", 0), partial(reference, 1.0, 30, "nice", 1),
+             partial(reference, 1.0, 20, "lyon", 2), partial(reference, 1.0, 25, "nice", 3)]
+    merged = parallel.merge(parts)
+    assert merged.segments == ["nice", "lyon", "__other__"] and merged.lumped == 10
+    assert merged.segment_rows == [55, 20, 10] and merged.group_counts["city"][0].sum() == 55
+    assert merged.sampled_rows == 85 and sorted(np.bincount(merged.sample_groups[:85])) == [10, 20, 55]
+
+
 def test_progress_only_on_a_terminal(setup, tmp_path, capsys, monkeypatch):
     from modelmon.analysis.event_source import EventStats
     from modelmon.analysis.report import Progress
@@ -448,10 +515,20 @@ def test_reads_the_same_events_from_elasticsearch(setup, es, elastic, tmp_path, 
     es.indices.refresh(index=stream)
     args = ["--reference", root / "reference.yaml", "--training", root / "train.csv", "--since", "1h"]
     _, from_file, _ = report(capsys, tmp_path, *args, "--events", root / "events")
-    _, from_es, _ = report(capsys, tmp_path, *args, "--events", elastic.url, "--es-index", stream)
-    for rep in (from_file, from_es):
+    by_jobs = [report(capsys, tmp_path, *args, "--events", elastic.url, "--es-index", stream, "--jobs", jobs)[1]
+               for jobs in (1, 2, 3)]
+    for rep in (from_file, *by_jobs):
         del rep["generated_at"], rep["events"]["source"]
-    assert from_es == from_file and from_es["events"]["read"] == 3000
+    assert by_jobs[0] == from_file and by_jobs[0]["events"]["read"] == 3000
+    assert by_jobs[1] == by_jobs[0] and by_jobs[2] == by_jobs[0]
+    # a worker's exception is raised in the parent with its message
+    bad = parallel.Share(None, url=elastic.url, pit="no-such-point-in-time", slice_ids=(0,), slices=2, index=stream)
+    reference = Reference.load(root / "reference.yaml")
+    with pytest.raises(event_source.SourceError) as alone:
+        parallel.fold_share(reference, "modelmon.version", bad, 0, {})
+    with pytest.raises(event_source.SourceError) as in_workers:
+        parallel.fold_in_processes(reference, "modelmon.version", [bad, bad], {})
+    assert str(in_workers.value) == str(alone.value) and f"cannot read {stream}" in str(alone.value)
 
     # a point in time read in parallel slices, paged with search_after: every event once
     monkeypatch.setattr(event_source, "ES_PAGE", 128)

@@ -160,10 +160,20 @@ def parse_line(line: bytes) -> Any:
     return json.loads(line)
 
 
-def read_files(path: Path, since: datetime | None, stats: EventStats) -> Iterator[dict[str, Any]]:
+def source_files(path: Path) -> list[Path]:
+    """``event_files``, and an error for a directory without any."""
     files = event_files(path)
     if not files:
         raise SourceError(f"{path}: no event files (predictions-*.jsonl) in this directory")
+    return files
+
+
+def read_files(path: Path, since: datetime | None, stats: EventStats) -> Iterator[dict[str, Any]]:
+    return read_file_list(source_files(path), since, stats)
+
+
+def read_file_list(files: list[Path], since: datetime | None, stats: EventStats) -> Iterator[dict[str, Any]]:
+    """The events of these event files, in order."""
     stats.bytes_total = sum(f.stat().st_size for f in files)
     for file in files:
         with open(file, "rb") as handle:
@@ -279,38 +289,72 @@ def _read_slice(client: Any, pit: str, query: dict[str, Any], slice_id: int, sli
         out.put(exc)
 
 
+def open_point_in_time(url: str, index: str) -> str | None:
+    """A point in time over ``index`` for readers in other processes (None: no such data
+    stream); close it with ``close_point_in_time``."""
+    from elasticsearch import ApiError, NotFoundError, TransportError
+
+    client = elasticsearch_client(url)
+    try:
+        return client.open_point_in_time(index=index, keep_alive=ES_KEEP_ALIVE, ignore_unavailable=True)["id"]
+    except NotFoundError:
+        return None
+    except (ApiError, TransportError) as exc:
+        from ..pipeline.elk_setup import client_too_new
+
+        raise SourceError(f"{url}: cannot read {index}: {client_too_new(exc) or exc}") from exc
+    finally:
+        client.close()
+
+
+def close_point_in_time(url: str, pit: str) -> None:
+    from elasticsearch import ApiError, TransportError
+
+    client = elasticsearch_client(url)
+    try:
+        client.close_point_in_time(id=pit)
+    except (ApiError, TransportError):
+        pass
+    finally:
+        client.close()
+
+
 def read_elasticsearch(url: str, since: datetime | None, stats: EventStats,
                        index: str = DATA_STREAMS, slices: int | None = None,
-                       fields: list[str] | None = None) -> Iterator[dict[str, Any]]:
+                       fields: list[str] | None = None, *, pit: str | None = None,
+                       slice_ids: list[int] | None = None) -> Iterator[dict[str, Any]]:
     """Every event of the prediction data streams, in no particular order: a point in time
     read in ``slices`` parallel slices, each paged with search_after, at most a few pages
-    held at a time."""
+    held at a time. Given ``pit`` (another process's, left open) and ``slice_ids``, only
+    those slices of it."""
     import queue
     import threading
 
     from elasticsearch import ApiError, NotFoundError, TransportError
 
     slices = slices or ES_SLICES
+    slice_ids = list(range(slices)) if slice_ids is None else slice_ids
+    own_pit = pit is None
 
     query: dict[str, Any] = {"match_all": {}}
     if since is not None:
         query = {"range": {"@timestamp": {"gte": since.isoformat()}}}
     client = elasticsearch_client(url, _hits_serializer(fields))
-    pit = None
     stop = threading.Event()
-    pages: queue.Queue = queue.Queue(maxsize=slices)  # with one page in flight a slice: 2 x slices pages held
+    pages: queue.Queue = queue.Queue(maxsize=len(slice_ids))  # with one page in flight a slice: 2 x slices held
     threads: list[threading.Thread] = []
     try:
-        try:
-            pit = client.open_point_in_time(index=index, keep_alive=ES_KEEP_ALIVE, ignore_unavailable=True)["id"]
-        except NotFoundError:
-            return
+        if own_pit:
+            try:
+                pit = client.open_point_in_time(index=index, keep_alive=ES_KEEP_ALIVE, ignore_unavailable=True)["id"]
+            except NotFoundError:
+                return
         threads = [threading.Thread(target=_read_slice,
                                     args=(client, pit, query, i, slices, pages, stop),
-                                    daemon=True, name=f"modelmon-es-slice-{i}") for i in range(slices)]
+                                    daemon=True, name=f"modelmon-es-slice-{i}") for i in slice_ids]
         for thread in threads:
             thread.start()
-        running = slices
+        running = len(threads)
         while running:
             page = pages.get()
             if page is None:
@@ -332,7 +376,7 @@ def read_elasticsearch(url: str, since: datetime | None, stats: EventStats,
                     pages.get(timeout=0.1)
                 except queue.Empty:
                     pass
-        if pit is not None:
+        if own_pit and pit is not None:
             try:
                 client.close_point_in_time(id=pit)
             except (ApiError, TransportError):

@@ -19,17 +19,19 @@ import argparse
 import gc
 import json
 import math
+import os
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import zip_longest
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from . import drift
+from . import drift, event_source
 from ..serving.bins import ABOVE, BELOW, INVALID, MISSING, UNSEEN, CategoricalBins, NumericBins, TextBins
 from .event_source import (
     REDACTED,
@@ -140,6 +142,7 @@ class Live:
         self.segments: list[str] = []  # group names by code
         self._codes: dict[str | None, int] = {None: -1}
         self.lumped = 0  # rows of segments past the cap, counted as OTHER_SEGMENT
+        self.segment_rows: list[int] = []  # rows per segment code
         self.group_counts: dict[str, list[np.ndarray]] = {}  # non-numeric column -> per segment code
         self.group_finite: dict[str, list[int]] = {}  # numeric column -> finite values per segment code
         self.events = self.other_models = self.failed = 0
@@ -212,6 +215,8 @@ class Live:
         other = self._codes.get(OTHER_SEGMENT)
         if other is not None:
             self.lumped += int(np.count_nonzero(codes == other))
+        rows = np.bincount(codes[codes >= 0], minlength=len(self.segments)).tolist()
+        self.segment_rows = [a + b for a, b in zip_longest(self.segment_rows, rows, fillvalue=0)]
         present = np.unique(codes[codes >= 0]).tolist()
         by_group = None if len(present) <= 1 else {g: np.flatnonzero(codes == g) for g in present}
         matrix = np.full((m, len(self.numeric)), np.nan)
@@ -534,23 +539,35 @@ def run(args: argparse.Namespace) -> int:
     if args.prometheus:
         return run_prometheus(args, reference)
     training = read_csv(Path(args.training)) if args.training else None
-    stats = EventStats()
     # from Elasticsearch, only the fields the report reads (half the bytes of a whole event)
     fields = [*REPORT_FIELDS, args.segment] if args.segment else list(REPORT_FIELDS)
-    events = read_events(args.events, since=parse_since(args.since), stats=stats, index=args.es_index, fields=fields,
-                         slices=args.es_slices)
-    live = Live(reference, args.segment or VERSION_FIELD, sample_size=args.sample_size,
-                max_segments=args.max_segments)
-    progress = Progress(stats) if sys.stderr.isatty() else None
-    # What exists now (modules, reference, training data) outlives the read: out of the collector's
-    # full passes, which the millions of event dicts set off (a fifth of the CPU from Elasticsearch)
-    gc.freeze()
-    try:
-        live.add_all(events, progress)
-    finally:
-        gc.unfreeze()
+    slices = args.es_slices or event_source.ES_SLICES
+    jobs = min(slices, os.cpu_count() or 1) if args.jobs is None else args.jobs
+    if jobs < 1:
+        raise ValueError(f"--jobs: expected at least 1, got {jobs}")
+    options = {"sample_size": args.sample_size, "max_segments": args.max_segments}
+    group_field, since = args.segment or VERSION_FIELD, parse_since(args.since)
+    progress = Progress(EventStats()) if sys.stderr.isatty() else None
+    if jobs > 1:
+        from .parallel import fold_in_processes, shares
+
+        with shares(args.events, jobs, since=since, index=args.es_index, fields=fields, slices=slices) as parts:
+            live, stats = fold_in_processes(reference, group_field, parts, options)
+    else:
+        stats = EventStats()
+        events = read_events(args.events, since=since, stats=stats, index=args.es_index, fields=fields, slices=slices)
+        live = Live(reference, group_field, **options)
         if progress is not None:
-            progress.close(live.events)
+            progress.stats = stats
+        # What exists now (modules, reference, training data) outlives the read: out of the collector's
+        # full passes, which the millions of event dicts set off (a fifth of the CPU from Elasticsearch)
+        gc.freeze()
+        try:
+            live.add_all(events, progress)
+        finally:
+            gc.unfreeze()
+    if progress is not None:
+        progress.close(live.events)
     if live.events == 0:
         raise ValueError(f"{args.events}: no prediction events of model {reference.model!r}"
                          + (f" since {args.since}" if args.since else ""))
@@ -641,6 +658,9 @@ def add_parser(commands: Any) -> None:
     add_source_arguments(p)
     p.add_argument("--es-slices", type=int, help="parallel slices of the Elasticsearch point in time (default 4; "
                                                  "1 when the client and the cluster share few cores)")
+    p.add_argument("--jobs", type=int,
+                   help="processes that read and fold the events, each a share of the event files or of the "
+                        "slices (default: the slices or the CPUs, the fewer); 1: all in this process")
     p.add_argument("--sample-size", type=int, default=SAMPLE_SIZE,
                    help=f"live rows kept, a uniform sample, for the raw-value tests (default {SAMPLE_SIZE:,})")
     p.add_argument("--max-segments", type=int, default=MAX_SEGMENTS,
