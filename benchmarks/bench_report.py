@@ -231,7 +231,7 @@ def searches_alone(url: str, streams: str, slices: int, decode: bool) -> dict:
     import urllib3
 
     from modelmon.analysis import event_source
-    from modelmon.analysis.report import REPORT_FIELDS
+    from modelmon.analysis.live import REPORT_FIELDS
 
     started, cpu = time.perf_counter(), time.process_time()
     if decode:

@@ -23,7 +23,8 @@ from modelmon.cli import main
 from modelmon.analysis.drift import SHARE_FLOOR
 from modelmon.pipeline.events import EventLog, Redaction
 from modelmon.analysis import parallel
-from modelmon.analysis.report import Live, LiveData, analyse
+from modelmon.analysis.live import Live, LiveData
+from modelmon.analysis.report import analyse
 from modelmon.pipeline.shipper import Shipper, ShipperConfig
 
 CITIES = ["paris", "lyon", "nice"]

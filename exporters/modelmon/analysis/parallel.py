@@ -21,6 +21,7 @@ from __future__ import annotations
 import gc
 import multiprocessing
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,7 +39,7 @@ from .event_source import (
     read_file_list,
     source_files,
 )
-from .report import OTHER_SEGMENT, SAMPLE_SEED, Live
+from .live import OTHER_SEGMENT, SAMPLE_SEED, Live
 from ..serving.reference import Reference
 
 
@@ -108,8 +109,10 @@ def fold_in_processes(reference: Reference, group_field: str, parts: list[Share]
     if len(tasks) <= 1:
         results = [fold_share(*tasks[0])] if tasks else [(Live(reference, group_field, **options), EventStats())]
     else:
-        with multiprocessing.get_context("spawn").Pool(len(tasks)) as pool:  # terminated on the way out
-            results = pool.starmap(fold_share, tasks)
+        # a worker that cannot start (a script read from stdin, which 'spawn' cannot re-import)
+        # breaks the pool, raised here: a multiprocessing.Pool would restart it forever
+        with ProcessPoolExecutor(len(tasks), mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(fold_share, *zip(*tasks)))
     stats = EventStats()
     for _, part in results:
         stats.read, stats.malformed = stats.read + part.read, stats.malformed + part.malformed

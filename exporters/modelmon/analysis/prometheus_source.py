@@ -128,7 +128,7 @@ def read_counts(url: str, reference: Reference, since: str | None, until: str | 
 
 
 def fill(live: Any, counts: PrometheusCounts) -> list[str]:
-    """Put the counts into a ``report.Live``: per column and per version (as segments). Returns notes."""
+    """Put the counts into a ``live.Live``: per column and per version (as segments). Returns notes."""
     notes = []
     versions = sorted({v for per in counts.counts.values() for v in per})
     for version in versions:
