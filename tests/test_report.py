@@ -6,6 +6,8 @@ import csv
 import json
 import math
 import re
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -394,6 +396,19 @@ def test_jobs_give_the_report_of_one_process(setup, tmp_path, capsys):
     assert reports[1] == reports[0] and reports[2] == reports[0]
     code, _, err = report(capsys, tmp_path, *args, "--jobs", 0)
     assert code == 2 and "--jobs: expected at least 1" in err
+
+
+def test_workers_that_cannot_start_fail_clearly_not_forever(setup, tmp_path):
+    """A script read from stdin cannot start 'spawn' workers (they re-import the main
+    module): the report says so and what to do, at once, rather than restarting them."""
+    root, *_ = setup
+    events = split_events(root / "events", tmp_path / "split", 2)
+    script = (f"from modelmon.cli import main\nraise SystemExit(main(['report', '--reference', "
+              f"{str(root / 'reference.yaml')!r}, '--events', {str(events)!r}, '--jobs', '2', "
+              f"'-o', {str(tmp_path / 'out')!r}]))\n")
+    run = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert "--jobs 2: a worker process died or could not start" in run.stderr and "--jobs 1" in run.stderr
 
 
 def partial(reference: Reference, area: float, rows: int, group: str, seed: int, size: int = 400) -> Live:

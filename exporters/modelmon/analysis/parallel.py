@@ -22,6 +22,7 @@ import gc
 import multiprocessing
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -111,8 +112,13 @@ def fold_in_processes(reference: Reference, group_field: str, parts: list[Share]
     else:
         # a worker that cannot start (a script read from stdin, which 'spawn' cannot re-import)
         # breaks the pool, raised here: a multiprocessing.Pool would restart it forever
-        with ProcessPoolExecutor(len(tasks), mp_context=multiprocessing.get_context("spawn")) as pool:
-            results = list(pool.map(fold_share, *zip(*tasks)))
+        try:
+            with ProcessPoolExecutor(len(tasks), mp_context=multiprocessing.get_context("spawn")) as pool:
+                results = list(pool.map(fold_share, *zip(*tasks)))
+        except BrokenProcessPool:
+            raise ValueError(f"--jobs {len(tasks)}: a worker process died or could not start (a script read from "
+                             "stdin, or one calling modelmon without `if __name__ == '__main__':`, cannot start "
+                             "'spawn' workers); run it from a file with that guard, or use --jobs 1") from None
     stats = EventStats()
     for _, part in results:
         stats.read, stats.malformed = stats.read + part.read, stats.malformed + part.malformed
