@@ -188,7 +188,7 @@ def test_the_built_package_carries_the_assets(tmp_path):
     assert len(expected) >= 6
     with zipfile.ZipFile(wheel) as archive:
         for path in expected:
-            name = "modelmon/elk/" + path.relative_to(ROOT / "elk").as_posix()
+            name = "modelmon/pipeline/elk/" + path.relative_to(ROOT / "elk").as_posix()
             assert archive.read(name) == path.read_bytes(), name
     # Where `modelmon setup` looks by default, inside the package, beside its own module.
     assert DEFAULT_ASSETS.parent == Path(elk_setup.__file__).resolve().parent
