@@ -212,36 +212,42 @@ def _workdir(kind: str, files: Mapping[str, str | os.PathLike]) -> Path:
     return workdir
 
 
-def rule_files_every(directory: os.PathLike, paths: Iterable[os.PathLike], interval: str | None = None, *,
-                     without_for: bool = False) -> list[Path]:
-    """Copies of rule files in ``directory`` whose groups evaluate every ``interval`` (None:
-    no ``interval`` key, so the configuration's evaluation_interval), and whose alerts lose
-    their ``for`` if ``without_for``. Only for assertions that do not depend on the shipped
-    intervals: a rule that tiles minutes (``sum_over_time(...rate5m[59m30s]) * 60``) records
-    60 times its value at 1 s, its ratios (shares, PSI) unchanged."""
+def _copy_rule_files(directory: os.PathLike, paths: Iterable[os.PathLike],
+                     edit: Callable[[str, dict], None]) -> list[Path]:
+    """Copies of rule files in ``directory``, ``edit(path, group)`` applied to each group."""
     copies = []
     for path in paths:
         doc = yaml.safe_load(Path(path).read_text())
         for group in doc["groups"]:
-            group.pop("interval", None)
-            if interval is not None:
-                group["interval"] = interval
-            if without_for:
-                for rule in group["rules"]:
-                    rule.pop("for", None)
+            edit(str(path), group)
         target = Path(directory) / Path(path).name
         target.write_text(yaml.safe_dump(doc, sort_keys=False))
         copies.append(target)
     return copies
 
 
-SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+def rule_files_every(directory: os.PathLike, paths: Iterable[os.PathLike], interval: str | None = None) -> list[Path]:
+    """Copies of rule files in ``directory`` whose groups evaluate every ``interval`` (None:
+    no ``interval`` key, so the configuration's evaluation_interval). Only for assertions
+    that do not depend on the shipped intervals: a rule that tiles minutes
+    (``sum_over_time(...rate5m[59m30s]) * 60``) records 60 times its value at 1 s, its
+    ratios (shares, PSI) unchanged."""
+    def edit(path: str, group: dict) -> None:
+        group.pop("interval", None)
+        if interval is not None:
+            group["interval"] = interval
+    return _copy_rule_files(directory, paths, edit)
+
+
+SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+_DURATION_PART = r"(\d+(?:\.\d+)?)(ms|[smhdwy])"
 
 
 def seconds(duration: str) -> float:
-    """A Prometheus duration of one unit ("15s", "4m") in seconds."""
-    number, unit = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|[smhd])", str(duration)).groups()
-    return float(number) * SECONDS[unit]
+    """A Prometheus duration ("15s", "4m", "1h30m") in seconds."""
+    if not re.fullmatch(f"(?:{_DURATION_PART})+", str(duration)):
+        raise ValueError(f"not a Prometheus duration: {duration!r}")
+    return sum(float(n) * SECONDS[unit] for n, unit in re.findall(_DURATION_PART, str(duration)))
 
 
 def rule_files_at_most(directory: os.PathLike, paths: Iterable[os.PathLike], longest: str = "1m") -> list[Path]:
@@ -251,22 +257,18 @@ def rule_files_at_most(directory: os.PathLike, paths: Iterable[os.PathLike], lon
     the 1h drift statistics), whose values do not depend on their own interval: their first
     evaluation comes within a minute of Prometheus' start, not within 4."""
     limit = seconds(longest)
-    copies = []
-    for path in paths:
-        doc = yaml.safe_load(Path(path).read_text())
-        for group in doc["groups"]:
-            if "interval" in group and seconds(group["interval"]) > limit:
-                own = {rule["record"] for rule in group["rules"] if "record" in rule}
-                for rule in group["rules"]:
-                    for name in own:  # a range or offset over its own samples would change with the interval
-                        if re.search(rf"(?<![\w:]){re.escape(name)}(\{{[^}}]*\}})?\s*(\[|offset\b)", str(rule["expr"])):
-                            raise AssertionError(f"{path}: group {group['name']} reads its own {name} over time: "
-                                                 f"its interval cannot be changed for a test")
-                group["interval"] = longest
-        target = Path(directory) / Path(path).name
-        target.write_text(yaml.safe_dump(doc, sort_keys=False))
-        copies.append(target)
-    return copies
+
+    def edit(path: str, group: dict) -> None:
+        if "interval" not in group or seconds(group["interval"]) <= limit:
+            return
+        own = {rule["record"] for rule in group["rules"] if "record" in rule}
+        for rule in group["rules"]:
+            for name in own:  # a range or offset over its own samples would change with the interval
+                if re.search(rf"(?<![\w:]){re.escape(name)}(\{{[^}}]*\}})?\s*(\[|offset\b)", str(rule["expr"])):
+                    raise AssertionError(f"{path}: group {group['name']} reads its own {name} over time: "
+                                         f"its interval cannot be changed for a test")
+        group["interval"] = longest
+    return _copy_rule_files(directory, paths, edit)
 
 
 def start_prometheus(config: str | os.PathLike | Mapping, rule_files: Iterable[os.PathLike] = (), *,

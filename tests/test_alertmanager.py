@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from servers import CURRENT, LINES, binary, start_alertmanager, start_webhook_receiver
+from servers import CURRENT, LINES, binary, seconds, start_alertmanager, start_webhook_receiver
 from test_rules import alert_rules
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,10 +87,6 @@ def test_other_alerts_reach_the_default_receiver(labels, line):
     result = amtool("config", "routes", "test", f"--config.file={CONFIG}", "--verify.receivers=default", *labels,
                     line=line)
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-def seconds(duration: str) -> int:
-    return sum(int(n) * {"s": 1, "m": 60, "h": 3600}[unit] for n, unit in re.findall(r"(\d+)([smh])", duration))
 
 
 def test_critical_alerts_notify_sooner_and_more_often_than_warnings_and_info():
