@@ -289,32 +289,50 @@ def _read_slice(client: Any, pit: str, query: dict[str, Any], slice_id: int, sli
         out.put(exc)
 
 
-def open_point_in_time(url: str, index: str) -> str | None:
-    """A point in time over ``index`` for readers in other processes (None: no such data
-    stream); close it with ``close_point_in_time``."""
-    from elasticsearch import ApiError, NotFoundError, TransportError
+def _unreadable(url: str, index: str, exc: Exception) -> SourceError:
+    from ..pipeline.elk_setup import client_too_new  # an 8.x server refuses the client 9: say what to install
 
-    client = elasticsearch_client(url)
+    return SourceError(f"{url}: cannot read {index}: {client_too_new(exc) or exc}")
+
+
+def _open_pit(client: Any, index: str) -> str | None:
+    """A point in time over ``index`` (None: no such data stream)."""
+    from elasticsearch import NotFoundError
+
     try:
         return client.open_point_in_time(index=index, keep_alive=ES_KEEP_ALIVE, ignore_unavailable=True)["id"]
     except NotFoundError:
         return None
-    except (ApiError, TransportError) as exc:
-        from ..pipeline.elk_setup import client_too_new
 
-        raise SourceError(f"{url}: cannot read {index}: {client_too_new(exc) or exc}") from exc
+
+def _close_pit(client: Any, pit: str) -> None:
+    """Close a point in time; one that is gone or expired expires on its own."""
+    from elasticsearch import ApiError, TransportError
+
+    try:
+        client.close_point_in_time(id=pit)
+    except (ApiError, TransportError):
+        pass
+
+
+def open_point_in_time(url: str, index: str) -> str | None:
+    """A point in time over ``index`` for readers in other processes (None: no such data
+    stream); close it with ``close_point_in_time``."""
+    from elasticsearch import ApiError, TransportError
+
+    client = elasticsearch_client(url)
+    try:
+        return _open_pit(client, index)
+    except (ApiError, TransportError) as exc:
+        raise _unreadable(url, index, exc) from exc
     finally:
         client.close()
 
 
 def close_point_in_time(url: str, pit: str) -> None:
-    from elasticsearch import ApiError, TransportError
-
     client = elasticsearch_client(url)
     try:
-        client.close_point_in_time(id=pit)
-    except (ApiError, TransportError):
-        pass
+        _close_pit(client, pit)
     finally:
         client.close()
 
@@ -330,7 +348,7 @@ def read_elasticsearch(url: str, since: datetime | None, stats: EventStats,
     import queue
     import threading
 
-    from elasticsearch import ApiError, NotFoundError, TransportError
+    from elasticsearch import ApiError, TransportError
 
     slices = slices or ES_SLICES
     slice_ids = list(range(slices)) if slice_ids is None else slice_ids
@@ -345,9 +363,8 @@ def read_elasticsearch(url: str, since: datetime | None, stats: EventStats,
     threads: list[threading.Thread] = []
     try:
         if own_pit:
-            try:
-                pit = client.open_point_in_time(index=index, keep_alive=ES_KEEP_ALIVE, ignore_unavailable=True)["id"]
-            except NotFoundError:
+            pit = _open_pit(client, index)
+            if pit is None:
                 return
         threads = [threading.Thread(target=_read_slice,
                                     args=(client, pit, query, i, slices, pages, stop),
@@ -365,9 +382,7 @@ def read_elasticsearch(url: str, since: datetime | None, stats: EventStats,
             stats.read += len(page)
             yield from page
     except (ApiError, TransportError) as exc:
-        from ..pipeline.elk_setup import client_too_new  # an 8.x server refuses the client 9: say what to install
-
-        raise SourceError(f"{url}: cannot read {index}: {client_too_new(exc) or exc}") from exc
+        raise _unreadable(url, index, exc) from exc
     finally:
         stop.set()
         for thread in threads:  # let them finish their request; drain so none blocks on a full queue
@@ -377,10 +392,7 @@ def read_elasticsearch(url: str, since: datetime | None, stats: EventStats,
                 except queue.Empty:
                     pass
         if own_pit and pit is not None:
-            try:
-                client.close_point_in_time(id=pit)
-            except (ApiError, TransportError):
-                pass
+            _close_pit(client, pit)
         client.close()
 
 
