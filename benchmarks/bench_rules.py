@@ -13,7 +13,7 @@ scrapes every 15 s (one target per instance), so rules read steady data ending "
 production (scraping is part of the load). The per-feature families get a shorter history
 (the longest window over which a rule reads them directly plus an hour, at least 2 h; 26 h
 with --compare) when the rules only read them over short windows; the rules' own short-window
-series that long windows are built from are backfilled every minute over the 26 h, at
+series that long windows are built from are backfilled at their groups' steps over the 26 h, at
 their steady values (only their number and spacing matter for the cost).
 
 Then, from /api/v1/rules after several evaluations of every group: per group, the median
@@ -22,7 +22,7 @@ rule set's), and the costliest rules, each run once with ``stats=all`` for the s
 touches. ``--compare`` (full raw history only) evaluates today's definitions of the 1h and
 1d increases and means next to the short-window construction, on the same data, and
 reports the largest (and root-mean-square) relative difference, at the same minute and
-aligned: today's definition 2 minutes earlier, the construction's lag (its 5-minute edges
+aligned: today's definition 2 minutes earlier, the construction's lag (its 4-minute edges
 are centred 2 minutes back). The Poisson draws of single minutes at the windows' edges are
 noise that the two estimators weigh differently; ``--steady`` generates counters that grow by
 exactly their mean every scrape, which isolates the construction's own error. The TSDB is
@@ -58,12 +58,12 @@ GOAL_MODELS, GOAL_CORE_SHARE = 100, 0.25
 BIG = r"modelmon_(?:feature_bin_total|feature_value_(?:sum|count)|reference_bin_ratio|reference_mean|reference_stddev)"
 # Recorded short-window series tsdbgen backfills (with -recorded); they must be the rule files'.
 BACKFILLED = [
-    "model_feature_bin:modelmon_feature_bin:rate5m",
-    "model_feature:modelmon_feature_value_sum:rate5m",
-    "model_feature:modelmon_feature_value_count:rate5m",
-    "model_output_bin:modelmon_prediction_bin:rate5m",
-    "model_output:modelmon_prediction_value_sum:rate5m",
-    "model_output:modelmon_prediction_value_count:rate5m",
+    "model_feature_bin:modelmon_feature_bin:rate4m",
+    "model_feature:modelmon_feature_value_sum:rate4m",
+    "model_feature:modelmon_feature_value_count:rate4m",
+    "model_output_bin:modelmon_prediction_bin:rate4m",
+    "model_output:modelmon_prediction_value_sum:rate4m",
+    "model_output:modelmon_prediction_value_count:rate4m",
 ]
 SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -313,9 +313,9 @@ def costliest(run: Run, rules: list[dict], count: int) -> list[dict]:
 
 
 # Today's definitions (increase() of the raw series over the window, summed over
-# instances) against the rule files' construction (each minute, the 5m rate summed over
-# instances; the window's minutes summed, times 60 s), evaluated by Prometheus on the same
-# data at the same minute: the subquery's steps are the recording rule's minutes.
+# instances) against the rule files' construction (every 2 minutes, the 4m rate summed over
+# instances; the window's steps summed, times 120 s), evaluated by Prometheus on the same
+# data at the same minute: the subquery's steps are the recording rule's.
 def _old(metric: str, window: str, selector: str = "") -> str:
     return f"sum without(instance, pod, pid) (increase({metric}{selector}[{window}]))"
 
@@ -324,15 +324,13 @@ def _old_aligned(metric: str, window: str, selector: str = "") -> str:
     return f"sum without(instance, pod, pid) (increase({metric}{selector}[{window}] offset {LAG}))"
 
 
-LAG = "2m"  # the construction's 5-minute edges are centred 2 minutes before the evaluation
+LAG = "2m"  # the construction's 4-minute edges are centred 2 minutes before the evaluation
+NEW_RANGES = {"1h": "59m", "1d": "23h59m59s999ms"}
 
 
 def _new(metric: str, window: str, selector: str = "") -> str:
-    inner = f"sum without(instance, pod, pid) (rate({metric}{selector}[5m]))"
-    return f"sum_over_time(({inner})[{window}:1m]) * 60"
-
-
-NEW_WINDOWS = {"1h": "59m30s", "1d": "23h59m30s"}
+    inner = f"sum without(instance, pod, pid) (rate({metric}{selector}[4m]))"
+    return f"sum_over_time(({inner})[{NEW_RANGES[window]}:2m]) * 120"
 
 
 def compare(run: Run) -> dict:
@@ -343,15 +341,15 @@ def compare(run: Run) -> dict:
         ref_metric = "modelmon_reference_bin_ratio" if kind == "feature" else "modelmon_reference_prediction_bin_ratio"
         refs = {tuple(sorted(s["metric"].items())): float(s["value"][1]) for s in
                 query(run.base, f"max without(instance, pod, pid) ({ref_metric})", at)["result"]}
-        for window, new_window in NEW_WINDOWS.items():
+        for window in ("1h", "1d"):
             values = {}
-            for version, make, w in (("old", _old, window), ("aligned", _old_aligned, window), ("new", _new, new_window)):
+            for version, make in (("old", _old), ("aligned", _old_aligned), ("new", _new)):
                 started = time.monotonic()
-                bins = query(run.base, make(f"modelmon_{kind}_bin_total", w), at)["result"]
+                bins = query(run.base, make(f"modelmon_{kind}_bin_total", window), at)["result"]
                 sums = {}
                 for sign in ("positive", "negative"):
                     for part in ("sum", "count"):
-                        expr = make(f"modelmon_{kind}_value_{part}", w, f'{{sign="{sign}"}}')
+                        expr = make(f"modelmon_{kind}_value_{part}", window, f'{{sign="{sign}"}}')
                         for s in query(run.base, expr, at)["result"]:
                             key = tuple(sorted((k, v) for k, v in s["metric"].items() if k != "sign"))
                             sums[(key, sign, part)] = float(s["value"][1])

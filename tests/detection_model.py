@@ -3,10 +3,11 @@
 A model of the rules at the metric contract's level: each minute a column gets a Poisson
 number of rows, split among its bins by a multinomial draw around the shares of the moment,
 and its numeric values add a normal draw to the value sum. The rules' formulas are then
-evaluated every minute as Prometheus does: bins and value summaries summed over their 5m
-rates (`*:rate5m`, a 5-minute moving average) over 60 minutes, and over 1440 minutes up to
-the minute before for the 1d group, recorded every 4 minutes; an alert fires once its
-condition held for its `for:`, and keeps firing for its `keep_firing_for:`.
+evaluated as Prometheus does: every 2 minutes, bins and value summaries summed over their 4m
+rates (`*:rate4m`, a 4-minute moving average) over the hour's 30 steps, and over the day's
+720 up to 2 minutes before for the 1d group, recorded every 4 minutes; the alerts, every
+minute, read the latest values recorded, and fire once their condition held for their
+`for:`, and keep firing for their `keep_firing_for:`.
 prometheus/tests/detection.test.yml checks the real rules on the headline scenarios.
 `python tests/detection_model.py` prints the tables of docs/alerting.md ("Detection");
 tests/test_detection.py fails when they differ.
@@ -23,6 +24,7 @@ import numpy as np
 from modelmon.serving.metrics import ALERT_THRESHOLDS, MEAN_SHIFT_MIN_EFFECT
 
 DAY = 1440  # minutes
+STEP, RATE = 2, 4  # the 1h groups run every 2 minutes, on 4m rates
 FLOOR = 1e-4  # the drift rules' floor on shares
 SEED = 14
 
@@ -108,14 +110,19 @@ def simulate(rng: np.random.Generator, kind: str, rows_per_hour: float, reps: in
     return Column(names, shares(STEADY), bins, numeric, value_sum)
 
 
-def window(x: np.ndarray, minutes: int, smooth: bool, rate: int = 5) -> np.ndarray:
-    """Sum over the last `minutes` at every minute, of the 5m rates when `smooth`, as the recorded
-    windows do, else of the increases. A 5m rate of one-minute samples is the moving average of the
-    last `rate` minutes' increases: 5 on Prometheus 2, 4 on 3 (its ranges are open on the left,
-    and it extrapolates the 4 to 5 minutes). The tables use 5."""
+def window(x: np.ndarray, minutes: int, smooth: bool, rate: int = RATE) -> np.ndarray:
+    """Sum over the last `minutes` at every minute: of the increases, or when `smooth`, as the
+    recorded windows do, of the steps every STEP minutes ending there (the same parity), each
+    the 4m rate times 120 s. A 4m rate of one-minute samples is the moving average of the last
+    `rate` minutes' increases: 4 on Prometheus 2, 3 on 3 (its ranges are open on the left,
+    and it extrapolates the 3 to 4 minutes). The tables use 4."""
     if smooth:
-        x = window(x, rate, smooth=False) / rate
-    total = np.cumsum(x, axis=1, dtype=float)
+        steps = window(x, rate, smooth=False) / rate * STEP
+        total = np.zeros_like(steps, dtype=float)
+        for parity in range(STEP):
+            total[:, parity::STEP] = np.cumsum(steps[:, parity::STEP], axis=1, dtype=float)
+    else:
+        total = np.cumsum(x, axis=1, dtype=float)
     shifted = np.zeros_like(total)
     shifted[:, minutes:] = total[:, :-minutes]
     return total - shifted
@@ -129,16 +136,17 @@ def recorded(x: np.ndarray, every: int = 1) -> np.ndarray:
     return x[:, latest]
 
 
-def hourly(x: np.ndarray, rate: int = 5) -> np.ndarray:
-    """The 1h groups' windows, summed over each minute's 5m rates, as the alerts read them."""
-    return recorded(window(x, 60, smooth=True, rate=rate))
+def hourly(x: np.ndarray, rate: int = RATE) -> np.ndarray:
+    """The 1h groups' windows, recorded every STEP minutes, as the alerts read them."""
+    return recorded(window(x, 60, smooth=True, rate=rate), STEP)
 
 
-def daily(x: np.ndarray, rate: int = 5) -> np.ndarray:
-    """The 1d groups' windows: the day up to the minute before, recorded every 4 minutes."""
+def daily(x: np.ndarray, rate: int = RATE) -> np.ndarray:
+    """The 1d groups' windows: the 1h groups' steps of the day up to 2 minutes before (offset
+    2m), recorded every 4 minutes."""
     smoothed = window(x, DAY, smooth=True, rate=rate)
     day = np.zeros_like(smoothed)
-    day[:, 1:] = smoothed[:, :-1]
+    day[:, STEP:] = smoothed[:, :-STEP]
     return recorded(day, 4)
 
 
@@ -163,23 +171,20 @@ def divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return a / b
 
 
-def drift(every: int) -> Callable[[Column], np.ndarray]:
-    """ModelmonFeatureDrift (statistics recorded every 2 minutes), ModelmonPredictionDrift
-    (every minute): PSI less its sampling bias (k - 1) / n, in the warning band."""
-    def alert(column: Column) -> np.ndarray:
-        counts = window(column.bins, 60, smooth=True)
-        n = counts.sum(axis=2)
-        live = np.maximum(divide(counts, n[..., None]), FLOOR)
-        ref = np.maximum(column.reference, FLOOR)
-        psi = np.sum((live - ref) * np.log(live / ref), axis=2)
-        corrected = recorded(psi, every) - divide(np.count_nonzero(column.reference) - 1, recorded(n))
-        return held((corrected >= PSI_WARNING) & (recorded(n) >= MIN_VALUES_1H), 2)
-    return alert
+def drift(column: Column) -> np.ndarray:
+    """ModelmonFeatureDrift, ModelmonPredictionDrift: PSI less its sampling bias (k - 1) / n,
+    in the warning band."""
+    counts = window(column.bins, 60, smooth=True)
+    n = counts.sum(axis=2)
+    live = np.maximum(divide(counts, n[..., None]), FLOOR)
+    ref = np.maximum(column.reference, FLOOR)
+    psi = np.sum((live - ref) * np.log(live / ref), axis=2)
+    corrected = recorded(psi, STEP) - divide(np.count_nonzero(column.reference) - 1, recorded(n, STEP))
+    return held((corrected >= PSI_WARNING) & (recorded(n, STEP) >= MIN_VALUES_1H), 2)
 
 
 def share_excess(names: tuple[str, ...]) -> Callable[[Column], np.ndarray]:
-    """ModelmonFeatureMissing, ModelmonUnseenCategories, ModelmonOutOfRange on these bins (the
-    shares recorded every 2 minutes)."""
+    """ModelmonFeatureMissing, ModelmonUnseenCategories, ModelmonOutOfRange on these bins."""
     def alert(column: Column) -> np.ndarray:
         counts = window(column.bins, 60, smooth=True)
         n = counts.sum(axis=2)
@@ -187,8 +192,8 @@ def share_excess(names: tuple[str, ...]) -> Callable[[Column], np.ndarray]:
         ref = column.reference[chosen].sum()
         excess = divide(counts[:, :, chosen].sum(axis=2), n) - ref
         z = divide(excess, np.sqrt(divide(ref * (1 - ref), n)))
-        condition = (recorded(excess, 2) > SHARE_EXCESS) & (recorded(z, 2) > SHARE_Z)
-        return held(condition & (recorded(n) >= MIN_VALUES_1H), 2)
+        condition = (recorded(excess, STEP) > SHARE_EXCESS) & (recorded(z, STEP) > SHARE_Z)
+        return held(condition & (recorded(n, STEP) >= MIN_VALUES_1H), 2)
     return alert
 
 
@@ -228,7 +233,7 @@ MEAN_SHIFTS = (("mean +0.25 sd", Change(shift=0.25)), ("mean +0.5 sd", Change(sh
                ("mean +1 sd", Change(shift=1.0)))
 ALERTS = (
     Alert("ModelmonFeatureMeanShift", "feature", feature_mean_shift, MEAN_SHIFTS, daily=True),
-    Alert("ModelmonFeatureDrift", "feature", drift(2), MEAN_SHIFTS),
+    Alert("ModelmonFeatureDrift", "feature", drift, MEAN_SHIFTS),
     Alert("ModelmonFeatureMissing", "often-missing", share_excess(("__missing__",)),
           (("missing +10 points", Change(missing=0.1)), ("missing +30 points", Change(missing=0.3)))),
     Alert("ModelmonOutOfRange", "feature", share_excess(("__below__", "__above__")),
@@ -236,7 +241,7 @@ ALERTS = (
     Alert("ModelmonUnseenCategories", "categorical", share_excess(("__unseen__",)),
           (("unseen +20 points", Change(unseen=0.2)),)),
     Alert("ModelmonPredictionMeanShift", "output", prediction_mean_shift, MEAN_SHIFTS[1:]),
-    Alert("ModelmonPredictionDrift", "output", drift(1), MEAN_SHIFTS[1:]),
+    Alert("ModelmonPredictionDrift", "output", drift, MEAN_SHIFTS[1:]),
 )
 
 # Rows an hour: 10 a second, 0.2 a second, and a model under the 500-values gate of the hour,

@@ -2,10 +2,10 @@
 
 Real Prometheus and Alertmanager (the current line) run on loopback with the shipped
 configurations, only their addresses substituted, and the shipped rule files (copies in
-which the groups slower than a minute, training shares, 1h drift statistics and 1d windows,
-evaluate every minute: their values do not depend on their interval, and at 2 and 4 minutes
-the alert took up to 6 minutes to fire; the minute tiles, the alert group and its ``for``
-are as shipped).
+which the training shares and the 1d windows evaluate every minute: their values do not
+depend on their interval, and at 4 minutes the alert took up to 6 minutes to fire; the 1h
+groups, whose windows count their own 2-minute steps, the alert group and its ``for`` are as
+shipped).
 Prometheus scrapes tests/fixtures/drift_service.py, whose sqft input has moved three
 training standard deviations; ModelmonFeatureDrift must go pending, then firing, and
 reach the data-science webhook with its runbook and dashboard links; the runbook link

@@ -7,10 +7,10 @@ the drifted events are in Elasticsearch, and the data-science dashboard's querie
 the feature.
 
 Prometheus runs the shipped configuration on copies of the shipped rule files in which the
-groups slower than a minute (training shares, 1h drift statistics, 1d windows) evaluate
-every minute (servers.rule_files_at_most): none of them reads its own group's past samples,
-so they record the shipped values, only sooner; the minute tiles, the alert groups and
-their ``for`` are as shipped.
+training shares and the 1d windows evaluate every minute (servers.rule_files_at_most):
+neither reads its own group's past samples, so they record the shipped values, only sooner;
+the 1h groups (their windows count their own 2-minute steps), the alert groups and their
+``for`` are as shipped.
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@
 // started on DIR right after evaluates its rules on data that ends "now".
 //
 // -big-history limits the history of the per-feature families (bins, value summaries,
-// reference gauges); the rest keeps -history. -recorded also writes, every minute over
+// reference gauges); the rest keeps -history. -recorded also writes, at their groups' steps over
 // -history, the short-window series the rule files record and read back over long
 // windows (their names must match prometheus/rules; bench_rules.py checks it), holding
 // their steady values: only their number and spacing matter for the cost. -steady makes every
@@ -80,7 +80,7 @@ func main() {
 	scrape := flag.Duration("scrape", 15*time.Second, "scrape interval")
 	history := flag.Duration("history", 26*time.Hour, "history of every series")
 	bigHistory := flag.Duration("big-history", 0, "history of the per-feature families (default -history)")
-	recorded := flag.Bool("recorded", false, "also write the recorded short-window series every minute")
+	recorded := flag.Bool("recorded", false, "also write the recorded short-window series at their groups' steps")
 	steady := flag.Bool("steady", false, "counters grow by exactly their mean every scrape (no Poisson draws)")
 	serve := flag.String("serve", "", "then serve the series' continuation on this address (/metrics?target=<instance>)")
 	flag.Parse()
@@ -235,29 +235,33 @@ func main() {
 			n := float64(*instances)
 			base := []string{"job", "modelmon", "model", model, "version", "1"}
 			rec := func(name string, v float64, extra ...string) {
+				every := int64(60000)
+				if strings.HasSuffix(name, ":rate4m") { // the 1h groups run every 2 minutes
+					every = 120000
+				}
 				kv := append(append([]string{"__name__", name}, base...), extra...)
-				add(&series{lbls: labels.FromStrings(kv...), value: v, gauge: true, every: 60000, mean: -1}, start)
+				add(&series{lbls: labels.FromStrings(kv...), value: v, gauge: true, every: every, mean: -1}, start)
 			}
 			for f := 0; f < *features; f++ {
 				feature := fmt.Sprintf("f%02d", f)
 				for b, bin := range bins {
-					rec("model_feature_bin:modelmon_feature_bin:rate5m", n**rows*ref(f, b), "feature", feature, "bin", bin)
+					rec("model_feature_bin:modelmon_feature_bin:rate4m", n**rows*ref(f, b), "feature", feature, "bin", bin)
 				}
 				_, _, p, pos, neg := normal(f)
 				valid := n * *rows * 0.975
-				rec("model_feature:modelmon_feature_value_count:rate5m", valid*p, "feature", feature, "sign", "positive")
-				rec("model_feature:modelmon_feature_value_count:rate5m", valid*(1-p), "feature", feature, "sign", "negative")
-				rec("model_feature:modelmon_feature_value_sum:rate5m", valid*pos, "feature", feature, "sign", "positive")
-				rec("model_feature:modelmon_feature_value_sum:rate5m", valid*neg, "feature", feature, "sign", "negative")
+				rec("model_feature:modelmon_feature_value_count:rate4m", valid*p, "feature", feature, "sign", "positive")
+				rec("model_feature:modelmon_feature_value_count:rate4m", valid*(1-p), "feature", feature, "sign", "negative")
+				rec("model_feature:modelmon_feature_value_sum:rate4m", valid*pos, "feature", feature, "sign", "positive")
+				rec("model_feature:modelmon_feature_value_sum:rate4m", valid*neg, "feature", feature, "sign", "negative")
 			}
 			for b, bin := range bins {
-				rec("model_output_bin:modelmon_prediction_bin:rate5m", n**rows*ref(*features, b), "output", "score", "bin", bin)
+				rec("model_output_bin:modelmon_prediction_bin:rate4m", n**rows*ref(*features, b), "output", "score", "bin", bin)
 			}
 			// as the served predictions: 60% >= 0 averaging 3, 40% < 0 averaging -2 (mean 1)
-			rec("model_output:modelmon_prediction_value_count:rate5m", n**rows*0.6, "output", "score", "sign", "positive")
-			rec("model_output:modelmon_prediction_value_count:rate5m", n**rows*0.4, "output", "score", "sign", "negative")
-			rec("model_output:modelmon_prediction_value_sum:rate5m", n**rows*0.6*3, "output", "score", "sign", "positive")
-			rec("model_output:modelmon_prediction_value_sum:rate5m", n**rows*0.4*2, "output", "score", "sign", "negative")
+			rec("model_output:modelmon_prediction_value_count:rate4m", n**rows*0.6, "output", "score", "sign", "positive")
+			rec("model_output:modelmon_prediction_value_count:rate4m", n**rows*0.4, "output", "score", "sign", "negative")
+			rec("model_output:modelmon_prediction_value_sum:rate4m", n**rows*0.6*3, "output", "score", "sign", "positive")
+			rec("model_output:modelmon_prediction_value_sum:rate4m", n**rows*0.4*2, "output", "score", "sign", "negative")
 		}
 	}
 	fmt.Printf("series %d\n", len(all))
