@@ -335,7 +335,7 @@ def _new(metric: str, window: str, selector: str = "") -> str:
 
 def compare(run: Run) -> dict:
     """Largest relative differences between today's 1h/1d values and the construction's."""
-    at = (time.time() // 60 - 1) * 60
+    at = (time.time() // 120 - 1) * 120  # a step of the 1h groups: the hour's 30 steps end there
     result = {}
     for kind, column in (("feature", "feature"), ("prediction", "output")):
         ref_metric = "modelmon_reference_bin_ratio" if kind == "feature" else "modelmon_reference_prediction_bin_ratio"
