@@ -65,11 +65,12 @@ BACKFILLED = [
     "model_output:modelmon_prediction_value_sum:rate4m",
     "model_output:modelmon_prediction_value_count:rate4m",
 ]
-SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
 
 
 def duration(text: str) -> float:
-    return sum(int(n) * SECONDS[u] for n, u in re.findall(r"(\d+)([smhd])", text))
+    """A Prometheus duration ("4m", "23h59m59s999ms") in seconds."""
+    return sum(int(n) * SECONDS[u] for n, u in re.findall(r"(\d+)(ms|[smhdwy])", text))
 
 
 def log(*parts: object) -> None:

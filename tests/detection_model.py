@@ -136,15 +136,15 @@ def recorded(x: np.ndarray, every: int = 1) -> np.ndarray:
     return x[:, latest]
 
 
-def hourly(x: np.ndarray, rate: int = RATE) -> np.ndarray:
+def hourly(x: np.ndarray) -> np.ndarray:
     """The 1h groups' windows, recorded every STEP minutes, as the alerts read them."""
-    return recorded(window(x, 60, smooth=True, rate=rate), STEP)
+    return recorded(window(x, 60, smooth=True), STEP)
 
 
-def daily(x: np.ndarray, rate: int = RATE) -> np.ndarray:
+def daily(x: np.ndarray) -> np.ndarray:
     """The 1d groups' windows: the 1h groups' steps of the day up to 2 minutes before (offset
     2m), recorded every 4 minutes."""
-    smoothed = window(x, DAY, smooth=True, rate=rate)
+    smoothed = window(x, DAY, smooth=True)
     day = np.zeros_like(smoothed)
     day[:, STEP:] = smoothed[:, :-STEP]
     return recorded(day, 4)

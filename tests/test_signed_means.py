@@ -18,9 +18,8 @@ the values sent, not their plain mean, until every value is four minutes old. Fo
 standard deviation s and weights within a factor 2 of each other, a weighted mean is off the
 plain one by at most sqrt(((1 + 2)^2 / (4 * 2) - 1) / n) s = 0.35 s / sqrt(n) in standard
 deviation (Kantorovich's inequality bounds sum w^2 / (sum w)^2 by 1.125 / n): the test allows
-4 of those, 0.020 s after 5,000 rows and 0.014 s after 10,000.
-A mean whose sign
-handling were wrong is off by hundreds of standard deviations (-1,230 for z, whose s is 5).
+4 of those, 0.020 s after 5,000 rows and 0.014 s after 10,000. A mean whose sign handling
+were wrong is off by hundreds of standard deviations (-1,230 for z, whose s is 5).
 """
 from __future__ import annotations
 

@@ -231,16 +231,12 @@ func main() {
 			add(&series{lbls: plain("modelmon_http_requests_total", "handler", "/predict", "method", "POST", "status", "200"), mean: perScrape / 5, offs: offs, value: 1000}, start)
 		}
 		if *recorded {
-			// the rule files' 5m rates (summed over instances), every minute
+			// the rule files' 4m rates (summed over instances)
 			n := float64(*instances)
 			base := []string{"job", "modelmon", "model", model, "version", "1"}
-			rec := func(name string, v float64, extra ...string) {
-				every := int64(60000)
-				if strings.HasSuffix(name, ":rate4m") { // the 1h groups run every 2 minutes
-					every = 120000
-				}
+			rec := func(name string, v float64, extra ...string) { // every 2 minutes, as the 1h groups
 				kv := append(append([]string{"__name__", name}, base...), extra...)
-				add(&series{lbls: labels.FromStrings(kv...), value: v, gauge: true, every: every, mean: -1}, start)
+				add(&series{lbls: labels.FromStrings(kv...), value: v, gauge: true, every: 120000, mean: -1}, start)
 			}
 			for f := 0; f < *features; f++ {
 				feature := fmt.Sprintf("f%02d", f)
